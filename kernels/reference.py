@@ -1,0 +1,147 @@
+"""Plain-PyTorch reference ops: readable, differentiable, and the ground truth for the Triton kernels.
+
+Layout: activations are (batch, length, channels) with channels contiguous, the way the linear layers
+produce them. Bidirectional ops carry a leading direction axis of size 2: index 0 runs forward in time,
+index 1 runs backward (reverse=True), each with its own weights.
+
+Every op computes in float32 (float64 stays float64) and returns the input dtype.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ['selective_scan', 'bidirectional_scan', 'causal_conv1d', 'bidirectional_conv1d', 'add_rms_norm']
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def selective_scan(
+        x: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor] = None,
+        z: Optional[torch.Tensor] = None,
+        dt_bias: Optional[torch.Tensor] = None,
+        dt_softplus: bool = True,
+        reverse: bool = False,
+) -> torch.Tensor:
+    """Mamba's S6 selective scan (ZOH discretisation, diagonal real A).
+
+    Shapes: x, dt, z (batch, L, E); A (E, N); B, C (batch, L, N); D, dt_bias (E,).
+
+        delta_t = softplus(dt_t + dt_bias)
+        h_t     = exp(delta_t * A) * h_{t-1} + delta_t * B_t * x_t
+        y_t     = <C_t, h_t> + D * x_t,     out_t = y_t * silu(z_t)
+
+    reverse=True runs the recurrence from t = L-1 down to 0 (the backward branch of Vim).
+
+    The loop over time is vectorised over batch x channels x state: one multiply-add per step on a
+    (batch, E, N) state. On a CPU this beats chunked and parallel-prefix formulations, which do
+    log(L) to chunk-size times more elementwise work (bench/cpu_scan_formulations.md).
+    """
+    dtype = x.dtype
+    cdt = _compute_dtype(dtype)
+    x, dt, A, B, C = x.to(cdt), dt.to(cdt), A.to(cdt), B.to(cdt), C.to(cdt)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(cdt)
+    if dt_softplus:
+        dt = F.softplus(dt)  # threshold 20, as the kernels
+
+    decay = torch.exp(dt.unsqueeze(-1) * A)                    # (batch, L, E, N)
+    drive = (dt * x).unsqueeze(-1) * B.unsqueeze(2)            # (batch, L, E, N)
+    length = x.shape[1]
+    h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+    states = [h] * length
+    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+        h = decay[:, t] * h + drive[:, t]
+        states[t] = h
+    y = torch.einsum('blen,bln->ble', torch.stack(states, dim=1), C)
+    if D is not None:
+        y = y + x * D.to(cdt)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    return y.to(dtype)
+
+
+def bidirectional_scan(
+        x: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor,
+        z: torch.Tensor,
+        dt_bias: torch.Tensor,
+) -> torch.Tensor:
+    """The scan core of a bimamba-v2 mixer: silu(z) * (y_forward + y_backward) / 2.
+
+    Shapes: x, dt (2, batch, L, E); A (2, E, N); B, C (2, batch, L, N); D, dt_bias (2, E); z (batch, L, E).
+    Direction 0 scans forward, direction 1 backward; softplus is applied to dt + dt_bias. Each y includes
+    its own D skip; both are gated by the same z at the same positions.
+    """
+    y_fwd, y_bwd = (
+        selective_scan(x[i], dt[i], A[i], B[i], C[i], D[i], dt_bias=dt_bias[i], reverse=bool(i))
+        for i in range(2))
+    cdt = _compute_dtype(x.dtype)
+    out = F.silu(z.to(cdt)) * (y_fwd.to(cdt) + y_bwd.to(cdt)) * 0.5
+    return out.to(x.dtype)
+
+
+def causal_conv1d(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        silu: bool = False,
+        reverse: bool = False,
+) -> torch.Tensor:
+    """Depthwise causal conv1d over time: out_t = sum_k weight[:, k] * x_{t - (W-1) + k} (+ bias).
+
+    Shapes: x (batch, L, E); weight (E, W); bias (E,). reverse=True is the same conv on the reversed
+    sequence, read back in original order: out_t = sum_k weight[:, k] * x_{t + (W-1) - k}.
+    """
+    dtype = x.dtype
+    cdt = _compute_dtype(dtype)
+    width = weight.shape[-1]
+    seq = x.to(cdt).transpose(1, 2)                            # (batch, E, L)
+    if reverse:
+        seq = seq.flip(-1)
+    out = F.conv1d(seq, weight.to(cdt).unsqueeze(1), None if bias is None else bias.to(cdt),
+                   padding=width - 1, groups=seq.shape[1])[..., :seq.shape[-1]]
+    if reverse:
+        out = out.flip(-1)
+    if silu:
+        out = F.silu(out)
+    return out.transpose(1, 2).to(dtype)
+
+
+def bidirectional_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Both convs of a bimamba-v2 mixer, each followed by SiLU.
+
+    Shapes: x (batch, L, E); weight (2, E, W); bias (2, E). Returns (2, batch, L, E): index 0 the causal
+    conv, index 1 the anti-causal one (the backward branch in original order).
+    """
+    return torch.stack([causal_conv1d(x, weight[i], bias[i], silu=True, reverse=bool(i)) for i in range(2)])
+
+
+def add_rms_norm(
+        x: torch.Tensor,
+        residual: Optional[torch.Tensor],
+        weight: torch.Tensor,
+        eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """residual' = x + residual (or x when residual is None); out = residual' / rms(residual') * weight.
+
+    Returns (out in x's dtype, residual' in float32 (float64 stays) when residual_in_fp32 else x's dtype).
+    """
+    dtype = x.dtype
+    cdt = _compute_dtype(dtype)
+    summed = x.to(cdt) if residual is None else x.to(cdt) + residual.to(cdt)
+    out = summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + eps) * weight.to(cdt)
+    new_residual = summed if residual_in_fp32 else summed.to(dtype)
+    return out.to(dtype), new_residual

@@ -1,0 +1,31 @@
+"""Input checks shared by the Triton wrappers: a clear error before a kernel could read out of bounds."""
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check(op: str, name: str, tensor: Optional[torch.Tensor], shape: Sequence[int], device: torch.device,
+          optional: bool = False) -> None:
+    """Raise if ``tensor`` is not a float32/float16/bfloat16 tensor of ``shape`` on ``device``."""
+    if tensor is None:
+        if optional:
+            return
+        raise TypeError(f'{op}: {name} is required')
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f'{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}')
+    if tensor.device != device:
+        raise ValueError(f'{op}: {name} is on {tensor.device} but x is on {device}; put all inputs on one device')
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise TypeError(f'{op}: {name} has dtype {tensor.dtype}; the Triton kernels take float32, float16 or '
+                        f"bfloat16 (use backend='reference' for other dtypes)")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f'{op}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}')
+
+
+def unit_last_stride(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The kernels take any strides but a unit one along the last (channel) axis: copy only if needed."""
+    if tensor is None or tensor.stride(-1) == 1 or tensor.shape[-1] == 1:
+        return tensor
+    return tensor.contiguous()

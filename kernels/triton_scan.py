@@ -1,0 +1,339 @@
+"""Triton selective scan (Mamba S6), forward and backward, one or two directions per launch.
+
+Layout (see :mod:`.reference`): x, dt (ndir, batch, L, E); B, C (ndir, batch, L, N); A (ndir, E, N);
+D, dt_bias (ndir, E); z (batch, L, E); channels contiguous, other strides free. ndir is 1 for a plain scan
+and 2 for the bidirectional scan of a Vim mixer, whose directions run one after the other in the same program
+and whose outputs are summed, halved and gated in the kernel.
+
+A program owns BLOCK_E channels of one batch element and walks the sequence in tiles of BLOCK_T steps.
+Per tile it loads (BLOCK_T, BLOCK_E) rows of x and dt (one load latency per tile, not per step), builds the
+decays a = exp(delta * A) and drives b = delta * x * B as (BLOCK_T, BLOCK_N, BLOCK_E) fp32 tensors and runs
+h_s = a_s * h_{s-1} + b_s along the tile with an associative scan whose axis lies inside each thread, so it
+is a plain sequential loop over registers. ``s`` counts steps in scan order: time t = s forward, L-1-s in
+reverse, so the reverse direction reads the sequence backwards instead of flipping it.
+
+Backward: the forward (when autograd needs it) stores the state every CKPT_TILES * BLOCK_T steps. The backward
+walks those chunks last to first: it recomputes the states entering each tile of the chunk from the chunk's
+checkpoint (kept in a small per-program scratch buffer), then sweeps the tiles in reverse, recomputing each
+tile's states and scanning dh_s = C_s dy_s + a_{s+1} dh_{s+1} backwards. It never inverts the recurrence:
+a_s h_{s-1} = h_s - b_s is all it needs of the previous state.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import check, unit_last_stride
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # Composition of the affine maps h -> a1 h + b1 (first) and h -> a2 h + b2 (second).
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
+    """delta = softplus(dt + bias) (threshold 20, as torch) on a (BLOCK_T, BLOCK_E) tile; zero where masked.
+    Returns (u, delta) with u = dt + bias."""
+    u = tl.load(dt_row + offs_t[:, None], mask=mask, other=0.).to(tl.float32) + bias[None, :]
+    if SOFTPLUS:
+        delta = tl.where(u > 20., u, tl.log(1. + tl.exp(u)))
+    else:
+        delta = u
+    return u, tl.where(mask, delta, 0.)
+
+
+@triton.jit
+def _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, flip, mask_e, offs_n, mask_n,
+                 sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr):
+    """Load the tile of scan steps s0 .. s0+BLOCK_T-1 and run the recurrence from state h0 (BLOCK_N, BLOCK_E).
+
+    x_row etc. point at (direction, batch, channel block); A2 = A * log2(e) as (BLOCK_N, BLOCK_E).
+    Returns the tile's inputs and its states hs (BLOCK_T, BLOCK_N, BLOCK_E), plus the drive b so that
+    a_s * h_{s-1} = hs - b.
+    """
+    s = s0 + steps
+    t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
+    mask_s = s < L
+    mask = mask_s[:, None] & mask_e[None, :]
+    x = tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.).to(tl.float32)
+    u, delta = _delta(dt_row, t * sdt_t, mask, bias, SOFTPLUS)
+    mask_bc = mask_s[:, None] & mask_n[None, :]
+    Bt = tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
+    Ct = tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
+    a = tl.exp2(delta[:, None, :] * A2[None, :, :])
+    b = (delta * x)[:, None, :] * Bt[:, :, None]
+    first = (steps == 0)[:, None, None]
+    _, hs = tl.associative_scan((a, tl.where(first, b + a * h0[None, :, :], b)), 0, _combine)
+    return t, mask, x, u, delta, Bt, Ct, a, b, hs
+
+
+@triton.jit
+def _last(tile, steps, BLOCK_T: tl.constexpr):
+    """Row BLOCK_T-1 of a (BLOCK_T, ...) tile (a select inside each thread)."""
+    return tl.sum(tl.where((steps == BLOCK_T - 1)[:, None, None], tile, 0.), 0)
+
+
+@triton.jit
+def _scan_fwd_kernel(
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr,
+        batch, L, E, N, n_ckpt,
+        sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t,
+        NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr,
+):
+    # Grid: (cdiv(E, BLOCK_E), batch). Program (i, b) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of batch
+    # element b for the whole sequence and every direction; the state lives in registers.
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    mask_ne = mask_n[:, None] & mask_e[None, :]
+    steps = tl.arange(0, BLOCK_T)
+    out_row = out_ptr + pid_b * L * E + offs_e[None, :]
+    for d in tl.static_range(NDIR):
+        flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
+        A2 = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne,
+                     other=0.).to(tl.float32) * LOG2E
+        bias = tl.zeros((BLOCK_E,), tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+        x_row = x_ptr + d * sx_d + pid_b * sx_b + offs_e[None, :]
+        dt_row = dt_ptr + d * sdt_d + pid_b * sdt_b + offs_e[None, :]
+        B_row = B_ptr + d * sB_d + pid_b * sB_b
+        C_row = C_ptr + d * sC_d + pid_b * sC_b
+        h = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
+        for tile in range(tl.cdiv(L, BLOCK_T)):
+            t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
+                x_row, dt_row, B_row, C_row, bias, A2, h, steps, tile * BLOCK_T, L, flip, mask_e, offs_n,
+                mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+            h = _last(hs, steps, BLOCK_T)
+            y = tl.sum(hs * Ct[:, :, None], 1)
+            if HAS_D:
+                y += tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)[None, :] * x
+            out_ptrs = out_row + t[:, None] * E
+            if d == 1:                                       # second direction: add the first, halve
+                y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
+            if HAS_Z and d == NDIR - 1:
+                zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
+                             other=0.).to(tl.float32)
+                y *= zt * tl.sigmoid(zt)
+            tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+            if SAVE:                                         # state entering chunk k = (tile+1) / CKPT_TILES
+                k = (tile + 1) // CKPT_TILES
+                keep = ((tile + 1) % CKPT_TILES == 0) & (k <= n_ckpt)
+                ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
+                tl.store(ckpt + offs_e[None, :], h, mask=mask_ne & keep)
+        tl.debug_barrier()                                   # the next direction reads this one's output
+
+
+@triton.jit
+def _scan_bwd_kernel(
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
+        dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
+        batch, L, E, N, n_ckpt,
+        sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
+        NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr,
+):
+    # Grid: (cdiv(E, BLOCK_E), batch), as the forward. dx, ddt, dz are written (own rows only); dB, dC
+    # (summed over channels) and dA, dD, dbias (summed over batch and time) are accumulated with atomics
+    # into fp32 buffers.
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    mask_ne = mask_n[:, None] & mask_e[None, :]
+    steps = tl.arange(0, BLOCK_T)
+    first = (steps == 0)[:, None, None]
+    n_tiles = tl.cdiv(L, BLOCK_T)
+    # This program's scratch: the states entering each tile of the current chunk, (CKPT_TILES, BLOCK_N, BLOCK_E).
+    scratch = (scratch_ptr + (pid_b * tl.num_programs(0) + pid_e) * CKPT_TILES * BLOCK_N * BLOCK_E
+               + offs_n[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
+    row = pid_b * L * E + offs_e[None, :]                   # dx, ddt, dz, out: contiguous (.., batch, L, E)
+    for d in tl.static_range(NDIR):
+        flip = (d + REVERSE) % 2
+        A = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne,
+                    other=0.).to(tl.float32)
+        A2 = A * LOG2E
+        bias = tl.zeros((BLOCK_E,), tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+        Dv = tl.zeros((BLOCK_E,), tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+        x_row = x_ptr + d * sx_d + pid_b * sx_b + offs_e[None, :]
+        dt_row = dt_ptr + d * sdt_d + pid_b * sdt_b + offs_e[None, :]
+        B_row = B_ptr + d * sB_d + pid_b * sB_b
+        C_row = C_ptr + d * sC_d + pid_b * sC_b
+        dBC_row = (d * batch + pid_b) * L * N + offs_n[None, :]
+        dh = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)        # dL/dh at the step after the current tile
+        dA_acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
+        dD_acc = tl.zeros((BLOCK_E,), tl.float32)
+        dbias_acc = tl.zeros((BLOCK_E,), tl.float32)
+        n_chunks = tl.cdiv(n_tiles, CKPT_TILES)
+        for kk in range(n_chunks):
+            k = n_chunks - 1 - kk                            # chunks last to first
+            ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
+            h = tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.)
+            tile0 = k * CKPT_TILES
+            n_sub = tl.minimum(CKPT_TILES, n_tiles - tile0)
+            # Pass 1: recompute the state entering each tile of the chunk.
+            tl.store(scratch, h)
+            for j in range(1, n_sub):
+                hs = _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h, steps, (tile0 + j - 1) * BLOCK_T, L,
+                                  flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)[9]
+                h = _last(hs, steps, BLOCK_T)
+                tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
+            tl.debug_barrier()
+            # Pass 2: tiles in reverse, each recomputed from its entering state.
+            for jj in range(n_sub):
+                j = n_sub - 1 - jj
+                s0 = (tile0 + j) * BLOCK_T
+                h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
+                t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
+                    x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, flip, mask_e, offs_n, mask_n,
+                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+                y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
+                do = tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
+                             other=0.).to(tl.float32)
+                if HAS_Z:
+                    zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
+                                 other=0.).to(tl.float32)
+                    sig = tl.sigmoid(zt)
+                    dy = do * zt * sig / NDIR
+                    dz_ptrs = dz_ptr + row + t[:, None] * E
+                    if d == 1:                               # y of the first direction, parked in dz
+                        y = (y + tl.load(dz_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
+                    if d == NDIR - 1:
+                        y = do * y * sig * (1. + zt * (1. - sig))
+                    tl.store(dz_ptrs, y.to(dz_ptr.dtype.element_ty), mask=mask)
+                else:
+                    dy = do / NDIR
+                # dh_s = C_s dy_s + a_{s+1} dh_{s+1}: a_{s+1} from dt one step further in scan order.
+                t_next = t + 1 - 2 * flip
+                delta_next = _delta(dt_row, t_next * sdt_t, ((s0 + steps + 1) < L)[:, None] & mask_e[None, :],
+                                    bias, SOFTPLUS)[1]
+                a_next = tl.exp2(delta_next[:, None, :] * A2[None, :, :])
+                g = Ct[:, :, None] * dy[:, None, :]
+                g = tl.where((steps == BLOCK_T - 1)[:, None, None], g + a_next * dh[None, :, :], g)
+                dhs = tl.associative_scan((a_next, g), 0, _combine, reverse=True)[1]
+                dh = tl.sum(tl.where(first, dhs, 0.), 0)
+                ah = hs - b                                  # a_s h_{s-1}
+                dA_acc += tl.sum(dhs * ah * delta[:, None, :], 0)
+                dhB = tl.sum(dhs * Bt[:, :, None], 1)
+                ddelta = tl.sum(dhs * ah * A[None, :, :], 1) + x * dhB
+                du = ddelta
+                if SOFTPLUS:
+                    du = tl.where(u > 20., ddelta, ddelta * tl.sigmoid(u))
+                du = tl.where(mask, du, 0.)
+                dD_acc += tl.sum(dy * x, 0)
+                dbias_acc += tl.sum(du, 0)
+                tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
+                         (delta * dhB + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty), mask=mask)
+                tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
+                         mask=mask)
+                mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
+                tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, tl.sum(dhs * (delta * x)[:, None, :], 2),
+                              mask=mask_bc)
+                tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, tl.sum(hs * dy[:, None, :], 2), mask=mask_bc)
+            tl.debug_barrier()                               # the next chunk overwrites the scratch
+        tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne)
+        tl.atomic_add(dD_ptr + d * E + offs_e, dD_acc, mask=mask_e)
+        tl.atomic_add(dbias_ptr + d * E + offs_e, dbias_acc, mask=mask_e)
+
+
+# Launch parameters, chosen by measurement (bench/kernel_notes.md). The backward uses the values its forward used.
+SCAN_CONFIG = dict(BLOCK_T=4, BLOCK_E=16, num_warps=1, CKPT_TILES=16)
+
+
+def _strides(x, dt, B, C, z):
+    return (*x.stride()[:3], *dt.stride()[:3], *B.stride()[:3], *C.stride()[:3],
+            *(z.stride()[:2] if z is not None else (0, 0)))
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """Scan over a leading direction axis: x, dt (ndir, batch, L, E) etc.; output (batch, L, E)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, softplus, reverse):
+        x, dt, B, C, z = (unit_last_stride(t) for t in (x, dt, B, C, z))
+        A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
+        ndir, batch, L, E = x.shape
+        N = A.shape[-1]
+        cfg = dict(SCAN_CONFIG)
+        chunk = cfg['CKPT_TILES'] * cfg['BLOCK_T']
+        n_ckpt = triton.cdiv(L, chunk) - 1 if any(ctx.needs_input_grad) else 0
+        out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
+        ckpt = torch.empty((ndir, batch, n_ckpt, N, E), dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(E, cfg['BLOCK_E']), batch)
+        _scan_fwd_kernel[grid](
+            x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
+            out, ckpt, batch, L, E, N, n_ckpt, *_strides(x, dt, B, C, z),
+            NDIR=ndir, REVERSE=reverse, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+            SOFTPLUS=softplus, SAVE=n_ckpt > 0, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'],
+            BLOCK_N=triton.next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt)
+        ctx.flags = (softplus, reverse, cfg)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, dt, A, B, C, D, z, dt_bias, ckpt = ctx.saved_tensors
+        softplus, reverse, cfg = ctx.flags
+        dout = unit_last_stride(dout)
+        ndir, batch, L, E = x.shape
+        N = A.shape[-1]
+        f32 = dict(dtype=torch.float32, device=x.device)
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        ddt = torch.empty(dt.shape, dtype=dt.dtype, device=x.device)
+        dz = torch.empty(z.shape, dtype=z.dtype, device=x.device) if z is not None else None
+        dA, dD, dbias = torch.zeros(A.shape, **f32), torch.zeros((ndir, E), **f32), torch.zeros((ndir, E), **f32)
+        dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+        grid = (triton.cdiv(E, cfg['BLOCK_E']), batch)
+        BLOCK_N = triton.next_power_of_2(N)
+        scratch = torch.empty(grid[0] * batch * cfg['CKPT_TILES'] * BLOCK_N * cfg['BLOCK_E'], **f32)
+        _scan_bwd_kernel[grid](
+            x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
+            dout, ckpt, scratch, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
+            batch, L, E, N, ckpt.shape[2], *_strides(x, dt, B, C, z), *dout.stride()[:2],
+            NDIR=ndir, REVERSE=reverse, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+            SOFTPLUS=softplus, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], BLOCK_N=BLOCK_N,
+            CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
+        return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
+                dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
+
+
+def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, reverse=False):
+    op = 'selective_scan'
+    check(op, 'x', x, x.shape if x.dim() == 3 else (-1, -1, -1), x.device)
+    batch, L, E = x.shape
+    N = A.shape[-1] if isinstance(A, torch.Tensor) else -1
+    for name, t, shape, optional in (('dt', dt, (batch, L, E), False), ('A', A, (E, N), False),
+                                     ('B', B, (batch, L, N), False), ('C', C, (batch, L, N), False),
+                                     ('D', D, (E,), True), ('z', z, (batch, L, E), True),
+                                     ('dt_bias', dt_bias, (E,), True)):
+        check(op, name, t, shape, x.device, optional)
+    unsq = (lambda t: None if t is None else t.unsqueeze(0))
+    return SelectiveScanFn.apply(x[None], dt[None], A[None], B[None], C[None], unsq(D), z, unsq(dt_bias),
+                                 bool(dt_softplus), bool(reverse))
+
+
+def bidirectional_scan(x, dt, A, B, C, D, z, dt_bias):
+    op = 'bidirectional_scan'
+    check(op, 'x', x, x.shape if x.dim() == 4 and x.shape[0] == 2 else (2, -1, -1, -1), x.device)
+    _, batch, L, E = x.shape
+    N = A.shape[-1] if isinstance(A, torch.Tensor) else -1
+    for name, t, shape in (('dt', dt, (2, batch, L, E)), ('A', A, (2, E, N)), ('B', B, (2, batch, L, N)),
+                           ('C', C, (2, batch, L, N)), ('D', D, (2, E)), ('z', z, (batch, L, E)),
+                           ('dt_bias', dt_bias, (2, E))):
+        check(op, name, t, shape, x.device)
+    return SelectiveScanFn.apply(x, dt, A, B, C, D, z, dt_bias, True, False)

@@ -1,0 +1,158 @@
+"""Triton depthwise causal conv1d (+ SiLU), one or both directions per launch, forward and backward.
+
+Layout: x (batch, L, E) with channels contiguous; weight (ndir, E, W); bias (ndir, E); output (ndir, batch, L, E).
+Direction d scans forward (causal: out_t reads x_{t-W+1} .. x_t) or, when reversed, backward
+(anti-causal: out_t reads x_t .. x_{t+W-1}, tap k at x_{t+W-1-k}), as :func:`.reference.causal_conv1d`.
+A program owns a (BLOCK_T, BLOCK_E) tile of one batch element and computes it for every direction, so the tile of
+x and its halo come from memory once for both.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import check, unit_last_stride
+
+
+@triton.jit
+def _pre_activation(x_row, w_row, bias, t, sign, mask_e, L, sx_t, W: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_E: tl.constexpr):
+    """bias + sum_k w[k] * x[t - sign * (W-1-k)] on a tile of times t (zero padding outside [0, L))."""
+    acc = tl.zeros((BLOCK_T, BLOCK_E), tl.float32) + bias[None, :]
+    for k in tl.static_range(W):
+        src = t - sign * (W - 1 - k)
+        xk = tl.load(x_row + src[:, None] * sx_t, mask=((src >= 0) & (src < L))[:, None] & mask_e[None, :],
+                     other=0.).to(tl.float32)
+        acc += tl.load(w_row + k, mask=mask_e, other=0.).to(tl.float32)[None, :] * xk
+    return acc
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, batch, L, E, sx_b, sx_t,
+                     NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    # Grid: (cdiv(L, BLOCK_T), cdiv(E, BLOCK_E), batch): one (time, channel) tile of one batch element.
+    pid_b = tl.program_id(2).to(tl.int64)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    mask = (t < L)[:, None] & mask_e[None, :]
+    x_row = x_ptr + pid_b * sx_b + offs_e[None, :]
+    for d in tl.static_range(NDIR):
+        sign = 1 - 2 * ((d + REVERSE) % 2)                 # +1: taps reach back in time, -1: forward
+        bias = tl.zeros((BLOCK_E,), tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+        out = _pre_activation(x_row, w_ptr + (d * E + offs_e) * W, bias, t, sign, mask_e, L, sx_t, W, BLOCK_T, BLOCK_E)
+        if SILU:
+            out *= tl.sigmoid(out)
+        tl.store(out_ptr + ((d * batch + pid_b) * L + t[:, None]) * E + offs_e[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr, L, E, sx_b, sx_t,
+                     sdo_d, sdo_b, sdo_t,
+                     NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    # Grid as the forward. x_t feeds outputs s = t + sign * (W-1-j) through tap j; the kernel recomputes their
+    # pre-activations (for SiLU's derivative) rather than storing them. dx is written; dw and dbias are
+    # summed over this tile and added atomically into fp32 buffers.
+    pid_b = tl.program_id(2).to(tl.int64)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    x_row = x_ptr + pid_b * sx_b + offs_e[None, :]
+    dx = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
+    for d in tl.static_range(NDIR):
+        sign = 1 - 2 * ((d + REVERSE) % 2)
+        w_row = w_ptr + (d * E + offs_e) * W
+        bias = tl.zeros((BLOCK_E,), tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+        for j in tl.static_range(W):
+            s = t + sign * (W - 1 - j)
+            mask = ((s >= 0) & (s < L))[:, None] & mask_e[None, :]
+            g = tl.load(dout_ptr + d * sdo_d + pid_b * sdo_b + s[:, None] * sdo_t + offs_e[None, :], mask=mask,
+                        other=0.).to(tl.float32)
+            if SILU:
+                pre = _pre_activation(x_row, w_row, bias, s, sign, mask_e, L, sx_t, W, BLOCK_T, BLOCK_E)
+                sig = tl.sigmoid(pre)
+                g *= sig * (1. + pre * (1. - sig))
+            dx += tl.load(w_row + j, mask=mask_e, other=0.).to(tl.float32)[None, :] * g
+            if j == W - 1:                                  # s = t: this tile's own outputs
+                if HAS_BIAS:
+                    tl.atomic_add(dbias_ptr + d * E + offs_e, tl.sum(g, 0), mask=mask_e)
+                for k in tl.static_range(W):
+                    src = t - sign * (W - 1 - k)
+                    xk = tl.load(x_row + src[:, None] * sx_t,
+                                 mask=((src >= 0) & (src < L))[:, None] & mask_e[None, :], other=0.).to(tl.float32)
+                    tl.atomic_add(dw_ptr + (d * E + offs_e) * W + k, tl.sum(g * xk, 0), mask=mask_e)
+    tl.store(dx_ptr + (pid_b * L + t[:, None]) * E + offs_e[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=(t < L)[:, None] & mask_e[None, :])
+
+
+CONV_CONFIG = dict(BLOCK_T=32, BLOCK_E=64, num_warps=4)
+
+
+class Conv1dFn(torch.autograd.Function):
+    """x (batch, L, E), weight (ndir, E, W), bias (ndir, E) or None -> (ndir, batch, L, E)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu, reverse):
+        x = unit_last_stride(x)
+        weight = weight.contiguous()
+        bias = None if bias is None else bias.contiguous()
+        batch, L, E = x.shape
+        ndir, _, W = weight.shape
+        cfg = CONV_CONFIG
+        out = torch.empty((ndir, batch, L, E), dtype=x.dtype, device=x.device)
+        grid = (triton.cdiv(L, cfg['BLOCK_T']), triton.cdiv(E, cfg['BLOCK_E']), batch)
+        _conv_fwd_kernel[grid](x, weight, x if bias is None else bias, out, batch, L, E, *x.stride()[:2],
+                               NDIR=ndir, REVERSE=reverse, HAS_BIAS=bias is not None, SILU=silu, W=W,
+                               BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
+        ctx.save_for_backward(x, weight, bias)
+        ctx.flags = (silu, reverse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        silu, reverse = ctx.flags
+        dout = unit_last_stride(dout)
+        batch, L, E = x.shape
+        ndir, _, W = weight.shape
+        cfg = CONV_CONFIG
+        dx = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
+        dw = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)
+        dbias = torch.zeros((ndir, E), dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(L, cfg['BLOCK_T']), triton.cdiv(E, cfg['BLOCK_E']), batch)
+        _conv_bwd_kernel[grid](x, weight, x if bias is None else bias, dout, dx, dw, dbias, L, E,
+                               *x.stride()[:2], *dout.stride()[:3],
+                               NDIR=ndir, REVERSE=reverse, HAS_BIAS=bias is not None, SILU=silu, W=W,
+                               BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
+        return dx, dw.to(weight.dtype), None if bias is None else dbias.to(bias.dtype), None, None
+
+
+def _check_x(op, x):
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f'{op}: x must be a (batch, L, channels) tensor, got '
+                         f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
+    check(op, 'x', x, x.shape, x.device)
+
+
+def causal_conv1d(x, weight, bias=None, silu=False, reverse=False):
+    _check_x('causal_conv1d', x)
+    E = x.shape[2]
+    width = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 4
+    check('causal_conv1d', 'weight', weight, (E, width), x.device)
+    check('causal_conv1d', 'bias', bias, (E,), x.device, optional=True)
+    return Conv1dFn.apply(x, weight[None], None if bias is None else bias[None], bool(silu), bool(reverse))[0]
+
+
+def bidirectional_conv1d(x, weight, bias):
+    _check_x('bidirectional_conv1d', x)
+    E = x.shape[2]
+    width = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 3 else 4
+    check('bidirectional_conv1d', 'weight', weight, (2, E, width), x.device)
+    check('bidirectional_conv1d', 'bias', bias, (2, E), x.device)
+    return Conv1dFn.apply(x, weight, bias, True, False)

@@ -1,0 +1,12 @@
+"""The Triton backend: the ops of :mod:`.reference`, same names and positional signatures, as Triton kernels
+with ``torch.autograd.Function`` backwards. :mod:`.dispatch` imports this module on the 'triton' backend.
+
+Kernel families: :mod:`.triton_scan` (selective and bidirectional scan), :mod:`.triton_conv1d` (depthwise
+causal conv1d + SiLU), :mod:`.triton_rmsnorm` (residual add + RMSNorm). Inputs: CUDA tensors (or CPU tensors
+under ``TRITON_INTERPRET=1``) of float32, float16 or bfloat16; state and sums in float32.
+"""
+from .triton_conv1d import bidirectional_conv1d, causal_conv1d
+from .triton_rmsnorm import add_rms_norm
+from .triton_scan import bidirectional_scan, selective_scan
+
+__all__ = ['selective_scan', 'bidirectional_scan', 'causal_conv1d', 'bidirectional_conv1d', 'add_rms_norm']

@@ -1,0 +1,258 @@
+"""Time the Triton kernels against the PyTorch reference and, when installed, the official CUDA kernels
+(mamba_ssm's selective_scan_cuda, causal_conv1d), at Vim's shapes; report each time as a fraction of the
+memory floor (bytes that must cross device memory once / copy bandwidth measured in the same run).
+
+    python bench/bench_kernels.py [--sweep] [--no-reference] [--out results.md]
+
+Times are medians of triton.testing.do_bench (CUDA events) after warm-up. bf16 activations, fp32 parameters.
+The official kernels take (batch, channels, L) activations; their inputs are transposed outside the timed region,
+so their numbers exclude the layout copies the released Vim code pays for.
+"""
+import argparse
+import platform
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from vim.kernels import reference, triton_conv1d, triton_ops, triton_scan
+
+N = 16
+SHAPES = [  # (name, batch, L, E)
+    ('Vim-Tiny 224px', 128, 197, 384),
+    ('Vim-Tiny 1248px', 8, 6085, 384),
+    ('Vim-Small 224px', 128, 197, 768),
+    ('Vim-Base 224px', 128, 197, 1536),
+    ('Vim-Small 1248px', 8, 6085, 768),
+]
+
+
+def timed(fn):
+    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode='median')
+
+
+def copy_bandwidth():
+    """Bytes read + written per second by a large device-to-device copy."""
+    src = torch.randn(1 << 28, device='cuda')
+    dst = torch.empty_like(src)
+    ms = timed(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def nbytes(*tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def scan_inputs(ndir, batch, L, E, dtype=torch.bfloat16):
+    dev = dict(device='cuda')
+    lead = (ndir,) if ndir else ()
+    x = torch.randn(*lead, batch, L, E, **dev).to(dtype)
+    dt = (torch.randn(*lead, batch, L, E, **dev) * 0.5 - 1.).to(dtype)
+    A = -torch.exp(torch.randn(*lead, E, N, **dev) * 0.5)
+    B, C = (torch.randn(*lead, batch, L, N, **dev).to(dtype) for _ in range(2))
+    D, bias = torch.randn(*lead, E, **dev), torch.randn(*lead, E, **dev) * 0.5
+    z = torch.randn(batch, L, E, **dev).to(dtype)
+    return [x, dt, A, B, C, D, z, bias]
+
+
+def fwd_bwd(fn, inputs):
+    """Forward, then backward for every input that takes a gradient."""
+    leaves = [t.detach().requires_grad_() for t in inputs]
+
+    def run():
+        out = fn(*leaves)
+        out.backward(torch.ones_like(out))
+    return run
+
+
+class OfficialScan(torch.autograd.Function):
+    """mamba_ssm's CUDA selective scan through its extension: u, delta, z (b, E, L); B, C (b, N, L)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, bias):
+        import selective_scan_cuda
+        out, x, *rest = selective_scan_cuda.fwd(u, delta, A, B, C, D, z, bias, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, x, out)
+        return rest[0]
+
+    @staticmethod
+    def backward(ctx, dout):
+        import selective_scan_cuda
+        u, delta, A, B, C, D, z, bias, x, out = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dbias, dz, *_ = selective_scan_cuda.bwd(
+            u, delta, A, B, C, D, z, bias, dout.contiguous(), x, out, None, True, False)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def official_available():
+    try:
+        import causal_conv1d  # noqa: F401
+        import selective_scan_cuda  # noqa: F401
+    except ImportError as e:
+        print(f'official kernels not available ({e})')
+        return False
+    return True
+
+
+def channels_first(t):
+    return t.transpose(-1, -2).contiguous()
+
+
+def scan_rows(batch, L, E, bw, with_official, with_reference):
+    """Single-direction scan (D, z, dt_bias, softplus) and the bidirectional scan, fwd and fwd+bwd."""
+    rows = []
+    x, dt, A, B, C, D, z, bias = scan_inputs(None, batch, L, E)
+    fwd_bytes = nbytes(x, dt, z, B, C, x)                               # reads + the output y
+    bwd_bytes = fwd_bytes + nbytes(x, dt, z, B, C)                      # + reads again, dout, and the grads
+    ours = lambda *t: triton_ops.selective_scan(*t)                     # noqa: E731
+    variants = [('triton', ours, [x, dt, A, B, C, D, z, bias])]
+    if with_official:
+        variants.append(('official', lambda u, d, A, B, C, D, z, b: OfficialScan.apply(u, d, A, B, C, D, z, b),
+                         [channels_first(t) for t in (x, dt)] + [A] + [channels_first(t) for t in (B, C)]
+                         + [D, channels_first(z), bias]))
+    if with_reference:
+        variants.append(('reference', reference.selective_scan, [x, dt, A, B, C, D, z, bias]))
+    for name, fn, args in variants:
+        rows.append(('scan fwd', name, timed(lambda: fn(*args)), fwd_bytes / bw * 1e3))
+        rows.append(('scan fwd+bwd', name, timed(fwd_bwd(fn, args)), (fwd_bytes + bwd_bytes) / bw * 1e3))
+    xb, dtb, Ab, Bb, Cb, Db, zb, biasb = scan_inputs(2, batch, L, E)
+    fwd_bytes = nbytes(xb, dtb, zb, Bb, Cb, zb)
+    bwd_bytes = fwd_bytes + nbytes(xb, dtb, zb, Bb, Cb)
+    args = [xb, dtb, Ab, Bb, Cb, Db, zb, biasb]
+    rows.append(('bidir scan fwd', 'triton', timed(lambda: triton_ops.bidirectional_scan(*args)), fwd_bytes / bw * 1e3))
+    rows.append(('bidir scan fwd+bwd', 'triton', timed(fwd_bwd(triton_ops.bidirectional_scan, args)),
+                 (fwd_bytes + bwd_bytes) / bw * 1e3))
+    return rows
+
+
+def mixer_core(batch, L, E, official):
+    """conv1d (both directions) -> x_proj -> dt_proj -> scan (both) -> gate: the mixer between in_proj and
+    out_proj. Returns (fn, inputs); fn(xz, *params) -> (batch, L, E)."""
+    R = -(-E // 32)                                                   # dt_rank = ceil(D / 16), D = E / 2
+    dev = dict(device='cuda')
+    xz = torch.randn(batch, L, 2 * E, **dev).to(torch.bfloat16)
+    conv_w, conv_b = torch.randn(2, E, 4, **dev) * 0.3, torch.randn(2, E, **dev) * 0.1
+    w_x = (torch.randn(2, R + 2 * N, E, **dev) / E ** 0.5).to(torch.bfloat16)
+    w_dt = (torch.randn(2, E, R, **dev) / R ** 0.5).to(torch.bfloat16)
+    A = -torch.exp(torch.randn(2, E, N, **dev) * 0.5)
+    D, dt_bias = torch.randn(2, E, **dev), torch.randn(2, E, **dev) * 0.5
+    params = [xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias]
+
+    def ours(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias):
+        x, z = xz[..., :E], xz[..., E:]
+        u = triton_ops.bidirectional_conv1d(x, conv_w, conv_b)                  # (2, b, L, E)
+        dbc = torch.bmm(u.flatten(1, 2), w_x.transpose(1, 2)).view(2, batch, L, -1)
+        dt = torch.bmm(dbc[..., :R].flatten(1, 2), w_dt.transpose(1, 2)).view(2, batch, L, E)
+        return triton_ops.bidirectional_scan(u, dt, A, dbc[..., R:R + N], dbc[..., R + N:], D, z, dt_bias)
+
+    def composed(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias):
+        from causal_conv1d import causal_conv1d_fn
+        xzt = xz.transpose(1, 2)                                                # (b, 2E, L) as the released code
+        outs = []
+        for d in range(2):
+            seq = xzt if d == 0 else xzt.flip(-1)
+            x, z = seq[:, :E].contiguous(), seq[:, E:].contiguous()
+            u = causal_conv1d_fn(x, conv_w[d].to(x.dtype), conv_b[d].to(x.dtype), activation='silu')
+            dbc = F.linear(u.transpose(1, 2).reshape(batch * L, E), w_x[d])
+            dt = F.linear(dbc[:, :R], w_dt[d]).view(batch, L, E).transpose(1, 2).contiguous()
+            Bm = dbc[:, R:R + N].reshape(batch, L, N).transpose(1, 2).contiguous()
+            Cm = dbc[:, R + N:].reshape(batch, L, N).transpose(1, 2).contiguous()
+            y = OfficialScan.apply(u, dt, A[d], Bm, Cm, D[d], z, dt_bias[d])
+            outs.append(y if d == 0 else y.flip(-1))
+        return ((outs[0] + outs[1]) * 0.5).transpose(1, 2)
+    return (composed if official else ours), params
+
+
+def conv_rows(batch, L, E, bw, with_official):
+    x = torch.randn(batch, L, E, device='cuda').to(torch.bfloat16)
+    w, b = torch.randn(2, E, 4, device='cuda') * 0.3, torch.randn(2, E, device='cuda')
+    fwd_bytes = nbytes(x) * 3                                           # x in, two outputs
+    rows = [('conv1d fwd (both dirs)', 'triton', timed(lambda: triton_ops.bidirectional_conv1d(x, w, b)),
+             fwd_bytes / bw * 1e3),
+            ('conv1d fwd+bwd (both dirs)', 'triton', timed(fwd_bwd(triton_ops.bidirectional_conv1d, [x, w, b])),
+             (2 * fwd_bytes + nbytes(x) * 2) / bw * 1e3)]
+    if with_official:
+        from causal_conv1d import causal_conv1d_fn
+
+        def official(x, w, b):
+            xt = x.transpose(1, 2)
+            return torch.stack([causal_conv1d_fn(xt.contiguous() if d == 0 else xt.flip(-1).contiguous(),
+                                                 w[d].to(x.dtype), b[d].to(x.dtype), activation='silu')
+                                for d in range(2)])
+        rows.append(('conv1d fwd (both dirs)', 'official', timed(lambda: official(x, w, b)), fwd_bytes / bw * 1e3))
+        rows.append(('conv1d fwd+bwd (both dirs)', 'official', timed(fwd_bwd(official, [x, w, b])),
+                     (2 * fwd_bytes + nbytes(x) * 2) / bw * 1e3))
+    return rows
+
+
+def norm_rows(batch, L, E, bw):
+    Dm = E // 2
+    x = torch.randn(batch, L, Dm, device='cuda').to(torch.bfloat16)
+    res = torch.randn(batch, L, Dm, device='cuda')
+    w = torch.randn(Dm, device='cuda')
+    fwd_bytes = nbytes(x, res, x, res)
+
+    def fb():
+        xl, rl, wl = (t.detach().requires_grad_() for t in (x, res, w))
+        out, new_res = triton_ops.add_rms_norm(xl, rl, wl)
+        torch.autograd.backward((out, new_res), (torch.ones_like(out), torch.ones_like(new_res)))
+    return [('add+rmsnorm fwd', 'triton', timed(lambda: triton_ops.add_rms_norm(x, res, w)), fwd_bytes / bw * 1e3),
+            ('add+rmsnorm fwd+bwd', 'triton', timed(fb), (2 * fwd_bytes + nbytes(x, res)) / bw * 1e3)]
+
+
+def sweep(bw):
+    """Scan launch configurations at the two Vim-Tiny shapes."""
+    lines = ['| shape | BLOCK_E | BLOCK_T | warps | fwd ms | fwd+bwd ms |', '| --- | --- | --- | --- | --- | --- |']
+    saved = dict(triton_scan.SCAN_CONFIG)
+    for name, batch, L, E in SHAPES[:2]:
+        args = scan_inputs(2, batch, L, E)
+        for be, bt, nw in [(16, 4, 1), (8, 4, 1), (8, 8, 1), (16, 8, 1), (32, 4, 1), (32, 2, 1), (64, 4, 2)]:
+            triton_scan.SCAN_CONFIG.update(BLOCK_E=be, BLOCK_T=bt, num_warps=nw)
+            f = timed(lambda: triton_ops.bidirectional_scan(*args))
+            fb = timed(fwd_bwd(triton_ops.bidirectional_scan, args))
+            lines.append(f'| {name} bidir | {be} | {bt} | {nw} | {f:.3f} | {fb:.3f} |')
+            print(lines[-1], flush=True)
+    triton_scan.SCAN_CONFIG.update(saved)
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--sweep', action='store_true', help='also time scan launch configurations')
+    parser.add_argument('--no-reference', action='store_true', help='skip the (slow) PyTorch reference')
+    parser.add_argument('--out', default=None, help='write the markdown tables here')
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    bw = copy_bandwidth()
+    official = official_available()
+    props = torch.cuda.get_device_properties(0)
+    lines = [f'device: {props.name} ({props.multi_processor_count} SMs); torch {torch.__version__}, '
+             f'triton {triton.__version__}, python {platform.python_version()}',
+             f'copy bandwidth (read + write): {bw / 1e12:.2f} TB/s', '']
+    if args.sweep:
+        lines += sweep(bw) + ['']
+    lines += ['| shape | op | impl | ms | floor ms | floor / time | speed-up vs official |',
+              '| --- | --- | --- | --- | --- | --- | --- |']
+    for name, batch, L, E in SHAPES:
+        rows = scan_rows(batch, L, E, bw, official, not args.no_reference and L < 1000)
+        rows += conv_rows(batch, L, E, bw, official) + norm_rows(batch, L, E, bw)
+        for impl in ['triton'] + (['official'] if official else []):
+            fn, params = mixer_core(batch, L, E, impl == 'official')
+            floor = nbytes(params[0]) * 2 / bw * 1e3                    # xz in, y out (E wide, half of xz)
+            rows.append(('mixer core fwd', impl, timed(lambda: fn(*params)), floor))
+            rows.append(('mixer core fwd+bwd', impl, timed(fwd_bwd(fn, params)), 3 * floor))
+        official_ms = {op: ms for op, impl, ms, _ in rows if impl == 'official'}
+        for op, impl, ms, floor in rows:
+            ratio = f'{official_ms[op] / ms:.2f}x' if op in official_ms and impl != 'official' else ''
+            lines.append(f'| {name} b{batch} L{L} E{E} | {op} | {impl} | {ms:.3f} | {floor:.3f} | '
+                         f'{floor / ms:.2f} | {ratio} |')
+            print(lines[-1], flush=True)
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()

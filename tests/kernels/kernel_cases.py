@@ -1,0 +1,191 @@
+"""Triton kernels against the float64 reference: values and gradients of every input.
+
+Not collected on its own (no ``test_`` prefix): ``test_triton_interpreter.py`` runs it on the CPU under
+``TRITON_INTERPRET=1`` with tiny shapes, ``test_triton_gpu.py`` on a CUDA GPU with larger ones
+(``python -m pytest -m gpu tests/kernels``).
+
+Error measure: ||out - ref|| / ||ref|| per tensor, the reference computed in float64 from the same inputs.
+Tolerances (the kernels compute in fp32 and round their outputs to the input dtype): float32 1e-5,
+float16 3e-3, bfloat16 2e-2.
+"""
+import os
+
+import pytest
+import torch
+
+from vim.kernels import ops, reference, triton_conv1d, triton_ops, triton_scan
+
+INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+DEVICE = 'cpu' if INTERPRET else 'cuda'
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+DTYPES = list(TOL)
+
+
+@pytest.fixture(autouse=True)
+def _setup(monkeypatch):
+    torch.manual_seed(0)
+    if INTERPRET:   # small blocks: several channel blocks, tiles and checkpoint chunks at tiny shapes
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_E', 8)
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_T', 4)
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'CKPT_TILES', 2)
+        monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_T', 8)
+        monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_E', 8)
+    else:           # poison the allocator's cache so an unwritten output element shows as NaN
+        torch.empty(1 << 26, device=DEVICE).fill_(float('nan'))
+        torch.cuda.synchronize()
+
+
+def assert_close(out, ref, tol, name):
+    assert out.shape == ref.shape, f'{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}'
+    out = out.double()
+    assert torch.isfinite(out).all(), f'{name}: non-finite values'
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+    assert err < tol, f'{name}: relative error {err:.2e} > {tol:.0e}'
+
+
+def compare(fn, ref_fn, leaves, dtype, names):
+    """Run fn on the leaves and ref_fn on float64 copies; compare outputs and the gradients of every leaf."""
+    leaves = [t.to(DEVICE).requires_grad_() for t in leaves]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    outs, refs = fn(*leaves), ref_fn(*ref_leaves)
+    outs, refs = (outs, refs) if isinstance(outs, tuple) else ((outs,), (refs,))
+    grads_out = [torch.randn_like(o) for o in outs]
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        assert_close(o, r, TOL[dtype], f'output {i}')
+    grads = torch.autograd.grad(outs, leaves, grads_out)
+    ref_grads = torch.autograd.grad(refs, ref_leaves, [g.double() for g in grads_out])
+    for name, leaf, g, r in zip(names, leaves, grads, ref_grads):
+        assert g.dtype == leaf.dtype, f'grad of {name}: dtype {g.dtype} != {leaf.dtype}'
+        assert_close(g, r, TOL[dtype], f'grad of {name}')
+    return outs
+
+
+def scan_leaves(lead, batch, L, E, N, dtype, pad=0):
+    """Random scan inputs: activations in ``dtype``, parameters (A, D, dt_bias) in float32. With pad > 0 the
+    activations are wider than needed, and :func:`split_scan` slices them into strided views."""
+    def act(*shape, scale=1., shift=0.):
+        return (torch.randn(*shape) * scale + shift).to(dtype)
+    x, dt = act(*lead, batch, L, E + pad), act(*lead, batch, L, E + pad, scale=0.5, shift=-1.)
+    BC, z = act(*lead, batch, L, 2 * N + pad), act(batch, L, E + pad)
+    A = -torch.exp(torch.randn(*lead, E, N) * 0.5)
+    return [x, dt, A, BC, torch.randn(*lead, E), z, torch.randn(*lead, E) * 0.5]
+
+
+def split_scan(x, dt, A, BC, D, z, bias, E, N, pad):
+    """Views of the leaves with the strides the mixer produces."""
+    return (x[..., pad:], dt[..., :E], A, BC[..., pad:pad + N], BC[..., pad + N:], D, z[..., pad:], bias)
+
+
+SCAN_SHAPES = [(1, 1, 12, 4), (2, 13, 12, 4)] if INTERPRET else [
+    (1, 1, 40, 16), (2, 333, 100, 16), (3, 1000, 384, 16), (2, 197, 768, 16)]
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('shape', SCAN_SHAPES)
+@pytest.mark.parametrize('pad', [0, 3])
+def test_bidirectional_scan(dtype, shape, pad):
+    batch, L, E, N = shape
+    leaves = scan_leaves((2,), batch, L, E, N, dtype, pad)
+
+    def run(module):
+        return lambda *t: module.bidirectional_scan(*split_scan(*t, E, N, pad))
+    out, = compare(run(triton_ops), run(reference), leaves, dtype, ['x', 'dt', 'A', 'B/C', 'D', 'z', 'dt_bias'])
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('options', ['all', 'bare', 'no_z'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_selective_scan(reverse, options, dtype):
+    """One direction, with and without the optional D, z, dt_bias and softplus ('bare': none of them)."""
+    batch, L, E, N = SCAN_SHAPES[-1]
+    pool = dict(zip(['x', 'dt', 'A', 'BC', 'D', 'z', 'dt_bias'], scan_leaves((), batch, L, E, N, dtype)))
+    names = {'all': list(pool), 'bare': ['x', 'dt', 'A', 'BC'], 'no_z': ['x', 'dt', 'A', 'BC', 'D', 'dt_bias']}
+
+    def run(module):
+        def fn(*leaves):
+            kw = dict(zip(names[options], leaves))
+            return module.selective_scan(kw['x'], kw['dt'], kw['A'], kw['BC'][..., :N], kw['BC'][..., N:],
+                                         kw.get('D'), kw.get('z'), kw.get('dt_bias'), options != 'bare', reverse)
+        return fn
+    compare(run(triton_ops), run(reference), [pool[n] for n in names[options]], dtype, names[options])
+
+
+def test_scan_channel_strided_input_is_copied():
+    """x with a non-unit channel stride (a transposed view) is made contiguous, not misread."""
+    batch, L, E, N = SCAN_SHAPES[-1]
+    x, dt, A, BC, D, z, bias = scan_leaves((2,), batch, L, E, N, torch.float32)
+    xt = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    args = (xt, dt, A, BC[..., :N], BC[..., N:], D, z, bias)
+    out = triton_ops.bidirectional_scan(*(t.to(DEVICE) for t in args))
+    ref = reference.bidirectional_scan(*(t.double() for t in args))
+    assert_close(out.cpu(), ref, 1e-5, 'output')
+
+
+CONV_SHAPES = [(1, 1, 12), (1, 19, 12)] if INTERPRET else [(1, 1, 40), (2, 333, 100), (8, 1000, 768)]
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('shape', CONV_SHAPES)
+def test_bidirectional_conv1d(dtype, shape):
+    batch, L, E = shape
+    xz = torch.randn(batch, L, 2 * E, dtype=dtype)            # x is the first half of in_proj's output
+    leaves = [xz, torch.randn(2, E, 4), torch.randn(2, E)]
+
+    def run(module):
+        return lambda xz, w, b: module.bidirectional_conv1d(xz[..., :E], w, b)
+    compare(run(triton_ops), run(reference), leaves, dtype, ['x', 'weight', 'bias'])
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('silu', [False, True])
+@pytest.mark.parametrize('bias', [False, True])
+def test_causal_conv1d(reverse, silu, bias):
+    batch, L, E = CONV_SHAPES[-1]
+    leaves = [torch.randn(batch, L, E), torch.randn(E, 4)] + ([torch.randn(E)] if bias else [])
+
+    def run(module):
+        return lambda x, w, *b: module.causal_conv1d(x, w, b[0] if b else None, silu, reverse)
+    compare(run(triton_ops), run(reference), leaves, torch.float32, ['x', 'weight', 'bias'])
+
+
+NORM_SHAPES = [(1, 1, 8), (3, 5, 24)] if INTERPRET else [(1, 1, 192), (4, 197, 384), (2, 333, 768)]
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('shape', NORM_SHAPES)
+@pytest.mark.parametrize('residual', ['none', 'fp32', 'same'])
+@pytest.mark.parametrize('residual_in_fp32', [True, False])
+def test_add_rms_norm(dtype, shape, residual, residual_in_fp32):
+    x = torch.randn(*shape[:-1], shape[-1] + 2, dtype=dtype)  # x: a strided view
+    leaves = [x, torch.randn(shape[-1])]
+    if residual != 'none':
+        leaves.append(torch.randn(shape, dtype=torch.float32 if residual == 'fp32' else dtype))
+
+    def run(module):
+        return lambda x, w, *r: module.add_rms_norm(x[..., 1:-1], r[0] if r else None, w, 1e-5, residual_in_fp32)
+    out, new_residual = compare(run(triton_ops), run(reference), leaves, dtype, ['x', 'weight', 'residual'])
+    assert out.dtype == dtype and new_residual.dtype == (torch.float32 if residual_in_fp32 else dtype)
+
+
+def test_dispatch_uses_triton():
+    batch, L, E, N = SCAN_SHAPES[-1]
+    x, dt, A, BC, D, z, bias = (t.to(DEVICE) for t in scan_leaves((2,), batch, L, E, N, torch.float32))
+    args = (x, dt, A, BC[..., :N], BC[..., N:], D, z, bias)
+    assert torch.equal(ops.bidirectional_scan(*args, backend='triton'), triton_ops.bidirectional_scan(*args))
+
+
+def test_input_checks():
+    batch, L, E, N = SCAN_SHAPES[-1]
+    x, dt, A, BC, D, z, bias = (t.to(DEVICE) for t in scan_leaves((2,), batch, L, E, N, torch.float32))
+    B, C = BC[..., :N], BC[..., N:]
+    with pytest.raises(ValueError, match='dt has shape'):
+        triton_ops.bidirectional_scan(x, dt[:, :, :-1], A, B, C, D, z, bias)
+    with pytest.raises(TypeError, match='float64'):
+        triton_ops.bidirectional_scan(x, dt, A.double(), B, C, D, z, bias)
+    with pytest.raises(ValueError, match='device'):
+        triton_ops.bidirectional_scan(x, dt, A, B, C, D, z.to('meta'), bias)
+    with pytest.raises(ValueError, match='weight has shape'):
+        triton_ops.bidirectional_conv1d(x[0], torch.randn(2, E + 1, 4, device=DEVICE), bias)
+    with pytest.raises(ValueError, match='weight has shape'):
+        triton_ops.add_rms_norm(x[0], None, torch.randn(E + 1, device=DEVICE))

@@ -17,8 +17,8 @@ if ls .whl/mamba_ssm-*.tar.gz >/dev/null 2>&1 && ! python3 -c "import selective_
     python3 -m pip install --no-build-isolation --no-deps --no-index .whl/einops-*.whl .whl/causal_conv1d-*.tar.gz \
     .whl/mamba_ssm-*.tar.gz > /tmp/official_build.log 2>&1; echo build rc=\$? >> /tmp/official_build.log" &
 fi
-timeout 300 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -rf --durations=8 2>&1 | tee "$OUT/gpu_tests.log"
-timeout 150 compute-sanitizer --tool memcheck --print-limit 20 python3 -m pytest -m gpu tests/kernels -q \
+timeout 300 python3 -P -m pytest -m gpu tests/kernels/test_triton_gpu.py -q -p no:cacheprovider -rf --durations=8 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 150 compute-sanitizer --tool memcheck --print-limit 20 python3 -P -m pytest -m gpu tests/kernels/test_triton_gpu.py -q \
   -p no:cacheprovider -k "(shape0 or causal or input_checks) and not long" 2>&1 | tail -40 > "$OUT/memcheck.log"
 tail -5 "$OUT/memcheck.log"
 cp /tmp/official_build.log "$OUT/" 2>/dev/null; tail -3 /tmp/official_build.log 2>/dev/null

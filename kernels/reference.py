@@ -29,6 +29,7 @@ def selective_scan(
         dt_bias: Optional[torch.Tensor] = None,
         dt_softplus: bool = True,
         reverse: bool = False,
+        chunk: int = 16,
 ) -> torch.Tensor:
     """Mamba's S6 selective scan (ZOH discretisation, diagonal real A).
 
@@ -40,9 +41,11 @@ def selective_scan(
 
     reverse=True runs the recurrence from t = L-1 down to 0 (the backward branch of Vim).
 
-    The loop over time is vectorised over batch x channels x state: one multiply-add per step on a
-    (batch, E, N) state. On a CPU this beats chunked and parallel-prefix formulations, which do
-    log(L) to chunk-size times more elementwise work (bench/cpu_scan_formulations.md).
+    The recurrence runs over time in chunks of ``chunk`` steps: a chunk's decays and inputs, (batch, chunk,
+    E, N), are built at once and stay in cache while a vectorised loop walks its steps, one fused
+    multiply-add on the (batch, E, N) state each. On a CPU this beats materialising all L steps (4-8x
+    less memory traffic) and the parallel-prefix formulations, which do log(L) times more arithmetic
+    (bench/cpu_scan.md has the measurements).
     """
     dtype = x.dtype
     cdt = _compute_dtype(dtype)
@@ -52,15 +55,21 @@ def selective_scan(
     if dt_softplus:
         dt = F.softplus(dt)  # threshold 20, as the kernels
 
-    decay = torch.exp(dt.unsqueeze(-1) * A)                    # (batch, L, E, N)
-    drive = (dt * x).unsqueeze(-1) * B.unsqueeze(2)            # (batch, L, E, N)
     length = x.shape[1]
-    h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
-    states = [h] * length
-    for t in (range(length - 1, -1, -1) if reverse else range(length)):
-        h = decay[:, t] * h + drive[:, t]
-        states[t] = h
-    y = torch.einsum('blen,bln->ble', torch.stack(states, dim=1), C)
+    starts = list(range(0, length, chunk))
+    h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])        # (batch, E, N)
+    ys = [x] * len(starts)
+    for c in (reversed(range(len(starts))) if reverse else range(len(starts))):
+        span = slice(starts[c], starts[c] + chunk)
+        dt_c = dt[:, span].transpose(0, 1).contiguous()         # (T, batch, E): time-major, a step is contiguous
+        decay = torch.exp(dt_c.unsqueeze(-1) * A)               # (T, batch, E, N)
+        drive = (dt_c * x[:, span].transpose(0, 1)).unsqueeze(-1) * B[:, span].transpose(0, 1).unsqueeze(2)
+        states = [h] * decay.shape[0]
+        for t in (range(decay.shape[0] - 1, -1, -1) if reverse else range(decay.shape[0])):
+            h = torch.addcmul(drive[t], decay[t], h)
+            states[t] = h
+        ys[c] = torch.einsum('tben,btn->bte', torch.stack(states), C[:, span])
+    y = torch.cat(ys, dim=1)
     if D is not None:
         y = y + x * D.to(cdt)
     if z is not None:

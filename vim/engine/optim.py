@@ -45,9 +45,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay=None) 
 
 
 def build_optimizer(model: torch.nn.Module, optim_cfg: Dict, lr: float) -> torch.optim.Optimizer:
+    # group lr stays the base lr: the timm scheduler multiplies by each group's lr_scale
     groups = param_groups(model, float(optim_cfg['weight_decay']), optim_cfg['layer_decay'])
-    for g in groups:
-        g['lr'] = lr * g['lr_scale']
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg['betas']), eps=float(optim_cfg['eps']))
 
 

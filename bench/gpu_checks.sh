@@ -12,7 +12,7 @@ export PYTHONPATH=/tmp/pkg
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   python3 -c "import torch, triton, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'python', sys.version.split()[0])"
 } > "$OUT/env.txt" 2>&1
-if ls .whl/mamba_ssm-*.tar.gz >/dev/null 2>&1 && ! python3 -c "import selective_scan_cuda" 2>/dev/null; then
+if ls .whl/mamba_ssm-*.tar.gz >/dev/null 2>&1 && [ ! -e /tmp/official_build.log ] && ! python3 -c "import selective_scan_cuda" 2>/dev/null; then
   setsid bash -c "MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 \
     python3 -m pip install --no-build-isolation --no-deps --no-index .whl/einops-*.whl .whl/causal_conv1d-*.tar.gz \
     .whl/mamba_ssm-*.tar.gz > /tmp/official_build.log 2>&1; echo build rc=\$? >> /tmp/official_build.log" &

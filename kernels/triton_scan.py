@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .triton_common import check, unit_last_stride
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit

@@ -39,7 +39,8 @@ def assert_close(out, ref, tol, name):
     assert out.shape == ref.shape, f'{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}'
     out = out.double()
     assert torch.isfinite(out).all(), f'{name}: non-finite values'
-    err = ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+    # relative to ||ref||, or to an rms of 1e-6 where the reference is (near) zero, e.g. dA at L = 1
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-6 * ref.numel() ** 0.5)).item()
     assert err < tol, f'{name}: relative error {err:.2e} > {tol:.0e}'
 
 
@@ -100,6 +101,8 @@ def test_selective_scan(reverse, options, dtype):
     """One direction, with and without the optional D, z, dt_bias and softplus ('bare': none of them)."""
     batch, L, E, N = SCAN_SHAPES[-1]
     pool = dict(zip(['x', 'dt', 'A', 'BC', 'D', 'z', 'dt_bias'], scan_leaves((), batch, L, E, N, dtype)))
+    if options == 'bare':   # without softplus, delta = dt itself: keep it positive so the state decays
+        pool['dt'] = pool['dt'].float().abs().to(dtype)
     names = {'all': list(pool), 'bare': ['x', 'dt', 'A', 'BC'], 'no_z': ['x', 'dt', 'A', 'BC', 'D', 'dt_bias']}
 
     def run(module):

@@ -118,3 +118,26 @@ def test_cli_reports_config_errors(capsys, write_recipe, tiny_recipe):
     assert "unknown config key 'optim.lrr'; did you mean 'optim.lr'?" in capsys.readouterr().err
     assert train_main(['--config', path, '--print-config', 'schedule.epochs=9']) == 0
     assert yaml.safe_load(capsys.readouterr().out)['schedule']['epochs'] == 9
+
+
+def test_progress_plain_lines_and_tty_bar(caplog, capsys):
+    import logging
+    from vim.engine.metrics import Progress
+    logger = logging.getLogger('vim.train')
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger='vim.train'):
+            p = Progress(total=4, epoch=0, epochs=2, mode='log', every=2)
+            for step in range(1, 5):
+                p.update(step, 32, 1.5, 1e-3)
+            p.close()
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2 and lines[-1].startswith('epoch 1/2 step 4/4 loss 1.5000 lr 1.000e-03')
+        assert 'img/s eta 0:00:00' in lines[-1]
+        bar = Progress(total=3, epoch=1, epochs=2, mode='bar')
+        bar.update(1, 32, 0.5, 1e-3)
+        bar.close()
+        err = capsys.readouterr().err
+        assert 'epoch 2/2' in err and 'img_s=' in err and '1/3' in err
+    finally:
+        logger.propagate = False

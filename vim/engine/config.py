@@ -88,6 +88,7 @@ DEFAULTS: Dict[str, Any] = {
     },
     'train': {
         'device': 'auto',            # auto | cpu | cuda
+        'cpu_threads': None,         # torch intra-op threads per process; null = torch's default
         'amp': 'none',               # none | bf16 | fp16
         'ema': False,
         'ema_decay': 0.99996,

@@ -74,7 +74,8 @@ def run_evaluation(cfg: Dict, checkpoint: Optional[str] = None, output: Optional
         settings = resolve_data_settings(model, cfg['data'], cfg['aug'])
         if cfg['data']['img_size'] is None and 'img_size' in arch['kwargs']:
             settings['img_size'] = int(arch['kwargs']['img_size'])
-        loader = build_eval_loader(val_set, build_eval_transform(settings, cfg['aug']), cfg['data'],
+        dcfg = {**cfg['data'], 'pin_memory': bool(cfg['data']['pin_memory']) and info.device.type == 'cuda'}
+        loader = build_eval_loader(val_set, build_eval_transform(settings, cfg['aug']), dcfg,
                                    info.rank, info.world_size)
         model.to(info.device)
         results = {}

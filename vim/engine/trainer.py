@@ -103,6 +103,8 @@ def train(cfg: Dict, output: Optional[str] = None, resume: Optional[str] = None,
     a checkpoint file to continue from. ``datasets``: (train, val) dataset objects to use instead of
     ``cfg['data']`` (library use and tests).
     """
+    if cfg['train']['cpu_threads']:
+        torch.set_num_threads(int(cfg['train']['cpu_threads']))
     info = du.init_distributed(cfg['train']['device'])
     try:
         return _Run(cfg, info, output, resume, datasets).fit()
@@ -152,6 +154,7 @@ class _Run:
             self.settings['img_size'] = int(self.arch['kwargs']['img_size'])
         seed_everything(cfg['seed'] + info.rank)
 
+        dcfg = {**dcfg, 'pin_memory': bool(dcfg['pin_memory']) and self.device.type == 'cuda'}
         self.train_loader = build_train_loader(
             self.train_set, build_train_transform(self.settings, cfg['aug'], dcfg['in_chans']), dcfg,
             cfg['seed'], info.rank, info.world_size)

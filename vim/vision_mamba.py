@@ -316,7 +316,7 @@ def _cfg(hf_hub_id: str, hf_hub_filename: str, **kwargs) -> dict:
         'pool_size': None,
         'crop_pct': 0.875,
         'interpolation': 'bicubic',
-        'fixed_input_size': False,
+        'fixed_input_size': True,  # any size needs dynamic_img_size=True
         'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj',

@@ -39,8 +39,9 @@ def assert_close(out, ref, tol, name):
     assert out.shape == ref.shape, f'{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}'
     out = out.double()
     assert torch.isfinite(out).all(), f'{name}: non-finite values'
-    # relative to ||ref||, or to an rms of 1e-6 where the reference is (near) zero, e.g. dA at L = 1
-    err = ((out - ref).norm() / ref.norm().clamp_min(1e-6 * ref.numel() ** 0.5)).item()
+    # relative to ||ref||, or to an rms of 1e-3 where the reference is near zero (dA is exactly 0 at L = 1 and
+    # the kernel's is fp32 rounding of h_s - b_s): an absolute rms error of tol * 1e-3 there
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-3 * ref.numel() ** 0.5)).item()
     assert err < tol, f'{name}: relative error {err:.2e} > {tol:.0e}'
 
 

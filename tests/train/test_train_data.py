@@ -135,3 +135,22 @@ def test_train_loader_refuses_a_batch_larger_than_the_data():
     cfg = load_config(overrides=['data.batch_size=64', 'data.num_workers=0', 'aug.backend=none'])
     with pytest.raises(ValueError, match='batch_size=64 is larger than the 20 training samples'):
         build_train_loader(SyntheticDataset(40), build_train_transform(SETTINGS, cfg['aug']), cfg['data'], 0, 0, 2)
+
+
+def test_repeated_augmentation_repeats_images_with_distinct_augmentations():
+    cfg = load_config(overrides=['data.repeated_aug=3', 'data.batch_size=6', 'data.num_workers=0',
+                                 'aug.backend=none'])
+    loader = build_train_loader(SyntheticDataset(30), build_train_transform(SETTINGS, cfg['aug']), cfg['data'],
+                                seed=1, rank=0, world_size=1)
+    loader.sampler.set_epoch(0)
+    draws = list(loader.sampler)
+    indices = [i for _, i in draws]
+    assert len(draws) == 30 and len(set(indices)) == 10          # 10 images, each 3 times
+    assert all(indices.count(i) == 3 for i in set(indices))
+    assert len({s for s, _ in draws}) == 30                        # every draw its own augmentation seed
+    loader.sampler.set_epoch(1)
+    assert [i for _, i in loader.sampler] != indices
+    other = build_train_loader(SyntheticDataset(30), build_train_transform(SETTINGS, cfg['aug']), cfg['data'],
+                               seed=2, rank=0, world_size=1)
+    other.sampler.set_epoch(0)
+    assert [i for _, i in other.sampler] != indices                # the run seed changes the order

@@ -141,3 +141,17 @@ def test_progress_plain_lines_and_tty_bar(caplog, capsys):
         assert 'epoch 2/2' in err and 'img_s=' in err and '1/3' in err
     finally:
         logger.propagate = False
+
+
+def test_evaluate_a_released_style_checkpoint(tmp_path, tiny_cfg, write_recipe, tiny_recipe):
+    """A checkpoint from elsewhere ({'model', 'model_ema', 'args'}, no recipe inside) evaluates with --config."""
+    import argparse
+    from vim.engine.model import build_model
+    model, _ = build_model(tiny_cfg, 10)
+    path = str(tmp_path / 'released.pth')
+    torch.save({'model': model.state_dict(), 'model_ema': model.state_dict(), 'args': argparse.Namespace(lr=1)}, path)
+    out = str(tmp_path / 'r.json')
+    assert evaluate_main(['--checkpoint', path]) == 1  # no recipe inside: must say so
+    assert evaluate_main(['--checkpoint', path, '--config', write_recipe(tiny_recipe), '--output', out]) == 0
+    res = json.load(open(out))['results']
+    assert res['raw'] == res['ema'] and res['raw']['count'] == 40

@@ -8,11 +8,12 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from .. import VisionMamba, checkpoint_filter_fn
 from ..data import build_dataset, build_eval_loader, build_eval_transform, resolve_data_settings
 from . import distributed as du
 from .metrics import topk_correct
 from .model import build_model
-from .state import check_compatible, load_checkpoint, load_model_state
+from .state import FORMAT, check_compatible, load_checkpoint, load_model_state
 
 __all__ = ['evaluate', 'autocast', 'run_evaluation']
 
@@ -54,6 +55,15 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: str = 'n
             'count': int(sums[3].item()), 'skipped': int(sums[4].item())}
 
 
+def _adapt(model: torch.nn.Module, ckpt: Dict, key: str) -> Dict[str, torch.Tensor]:
+    """The weights under ``key``; a checkpoint from elsewhere (a released Vim one) goes through the Vim
+    checkpoint filter (position-embedding and patch-kernel resampling) as timm's loader would."""
+    state = ckpt[key]
+    if ckpt.get('format') != FORMAT and isinstance(model, VisionMamba):
+        state = checkpoint_filter_fn(state, model)
+    return state
+
+
 def run_evaluation(cfg: Dict, checkpoint: Optional[str] = None, output: Optional[str] = None) -> Dict:
     """Evaluate a recipe's model (optionally loaded from ``checkpoint``) on its validation split.
 
@@ -68,9 +78,9 @@ def run_evaluation(cfg: Dict, checkpoint: Optional[str] = None, output: Optional
         if checkpoint:
             ckpt = load_checkpoint(checkpoint)
             check_compatible(ckpt, arch, checkpoint)
-            states = {'raw': ckpt['model']}
+            states = {'raw': _adapt(model, ckpt, 'model')}
             if ckpt.get('model_ema'):
-                states['ema'] = ckpt['model_ema']
+                states['ema'] = _adapt(model, ckpt, 'model_ema')
         settings = resolve_data_settings(model, cfg['data'], cfg['aug'])
         if cfg['data']['img_size'] is None and 'img_size' in arch['kwargs']:
             settings['img_size'] = int(arch['kwargs']['img_size'])

@@ -55,13 +55,15 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr
                      NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                      W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     # Grid as the forward. x_t feeds outputs s = t + sign * (W-1-j) through tap j; the kernel recomputes their
-    # pre-activations (for SiLU's derivative) rather than storing them. dx is written; dw and dbias are
-    # summed over this tile and added atomically into fp32 buffers.
+    # pre-activations (for SiLU's derivative) rather than storing them. dx is written; dw and dbias are summed
+    # over this tile into the tile's own slot of fp32 buffers (tiles, ndir, E, W) and (tiles, ndir, E), which the
+    # caller sums: atomics from every tile onto the same few addresses would serialise.
     pid_b = tl.program_id(2).to(tl.int64)
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     x_row = x_ptr + pid_b * sx_b + offs_e[None, :]
+    tile = pid_b * tl.num_programs(0) + tl.program_id(0)    # this tile's slot in the dw, dbias buffers
     dx = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
     for d in tl.static_range(NDIR):
         sign = 1 - 2 * ((d + REVERSE) % 2)
@@ -81,12 +83,12 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr
             dx += tl.load(w_row + j, mask=mask_e, other=0.).to(tl.float32)[None, :] * g
             if j == W - 1:                                  # s = t: this tile's own outputs
                 if HAS_BIAS:
-                    tl.atomic_add(dbias_ptr + d * E + offs_e, tl.sum(g, 0), mask=mask_e)
+                    tl.store(dbias_ptr + (tile * NDIR + d) * E + offs_e, tl.sum(g, 0), mask=mask_e)
                 for k in tl.static_range(W):
                     src = t - sign * (W - 1 - k)
                     xk = tl.load(x_row + src[:, None] * sx_t,
                                  mask=((src >= 0) & (src < L))[:, None] & mask_e[None, :], other=0.).to(tl.float32)
-                    tl.atomic_add(dw_ptr + (d * E + offs_e) * W + k, tl.sum(g * xk, 0), mask=mask_e)
+                    tl.store(dw_ptr + ((tile * NDIR + d) * E + offs_e) * W + k, tl.sum(g * xk, 0), mask=mask_e)
     tl.store(dx_ptr + (pid_b * L + t[:, None]) * E + offs_e[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=(t < L)[:, None] & mask_e[None, :])
 
@@ -123,14 +125,14 @@ class Conv1dFn(torch.autograd.Function):
         ndir, _, W = weight.shape
         cfg = CONV_CONFIG
         dx = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
-        dw = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)
-        dbias = torch.zeros((ndir, E), dtype=torch.float32, device=x.device)
         grid = (triton.cdiv(L, cfg['BLOCK_T']), triton.cdiv(E, cfg['BLOCK_E']), batch)
+        dw = torch.empty((grid[0] * batch, *weight.shape), dtype=torch.float32, device=x.device)
+        dbias = torch.empty((grid[0] * batch, ndir, E), dtype=torch.float32, device=x.device)
         _conv_bwd_kernel[grid](x, weight, x if bias is None else bias, dout, dx, dw, dbias, L, E,
                                *x.stride()[:2], *dout.stride()[:3],
                                NDIR=ndir, REVERSE=reverse, HAS_BIAS=bias is not None, SILU=silu, W=W,
                                BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
-        return dx, dw.to(weight.dtype), None if bias is None else dbias.to(bias.dtype), None, None
+        return dx, dw.sum(0).to(weight.dtype), None if bias is None else dbias.sum(0).to(bias.dtype), None, None
 
 
 def _check_x(op, x):

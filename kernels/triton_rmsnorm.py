@@ -38,7 +38,8 @@ def _rmsnorm_fwd_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, M, D, eps, 
 def _rmsnorm_bwd_kernel(x_ptr, res_ptr, w_ptr, dout_ptr, dres_out_ptr, dx_ptr, dres_ptr, dw_ptr, M, D, eps,
                         sx_m, sr_m, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # Grid as the forward. ds = rstd * w * g - s * rstd^3 * mean(s * w * g) + (grad of the new residual);
-    # dx = dresidual = ds; dw is summed over this program's rows and added atomically.
+    # dx = dresidual = ds; dw is summed over this program's rows into row program_id of a (programs, D) buffer
+    # (summed by the caller: atomics from every program onto the same D addresses serialise).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     mask = (rows < M)[:, None] & (cols < D)[None, :]
@@ -53,7 +54,7 @@ def _rmsnorm_bwd_kernel(x_ptr, res_ptr, w_ptr, dout_ptr, dres_out_ptr, dx_ptr, d
     tl.store(dx_ptr + offs, ds.to(dx_ptr.dtype.element_ty), mask=mask)
     if HAS_RES:
         tl.store(dres_ptr + offs, ds.to(dres_ptr.dtype.element_ty), mask=mask)
-    tl.atomic_add(dw_ptr + cols, tl.sum(g * s * rstd[:, None], 0), mask=cols < D)
+    tl.store(dw_ptr + tl.program_id(0) * D + cols, tl.sum(g * s * rstd[:, None], 0), mask=cols < D)
 
 
 def _rows(t):
@@ -90,13 +91,13 @@ class AddRMSNormFn(torch.autograd.Function):
         dout, dres_out = (g.reshape(M, D).contiguous() for g in (dout, dres_out))
         dx = torch.empty((M, D), dtype=x2.dtype, device=x2.device)
         dres = None if r2 is None else torch.empty((M, D), dtype=ctx.res_dtype, device=x2.device)
-        dw = torch.zeros((D,), dtype=torch.float32, device=x2.device)
         BLOCK_M = _block_m(D)
-        _rmsnorm_bwd_kernel[(triton.cdiv(M, BLOCK_M),)](
+        dw = torch.empty((triton.cdiv(M, BLOCK_M), D), dtype=torch.float32, device=x2.device)
+        _rmsnorm_bwd_kernel[(dw.shape[0],)](
             x2, x2 if r2 is None else r2, weight, dout, dres_out, dx, dx if dres is None else dres, dw, M, D,
             ctx.eps, x2.stride(0), 0 if r2 is None else r2.stride(0), HAS_RES=r2 is not None, BLOCK_M=BLOCK_M,
             BLOCK_D=triton.next_power_of_2(D))
-        return (dx.view(ctx.shape), None if dres is None else dres.view(ctx.shape), dw.to(weight.dtype),
+        return (dx.view(ctx.shape), None if dres is None else dres.view(ctx.shape), dw.sum(0).to(weight.dtype),
                 None, None)
 
 

@@ -172,6 +172,28 @@ def test_add_rms_norm(dtype, shape, residual, residual_in_fp32):
     assert out.dtype == dtype and new_residual.dtype == (torch.float32 if residual_in_fp32 else dtype)
 
 
+MIXER_SHAPE = (2, 11, 12, 4, 3) if INTERPRET else (4, 197, 384, 16, 12)   # batch, L, E, N, dt_rank
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_mixer_core_chain(dtype):
+    """The mixer's op chain as the model calls it (conv1d -> x_proj -> dt_proj -> scan, B/C/z as strided views):
+    the Triton path against the float64 reference path, values and the gradients of every weight."""
+    batch, L, E, N, R = MIXER_SHAPE
+    leaves = [torch.randn(batch, L, 2 * E, dtype=dtype), torch.randn(2, E, 4) * 0.5, torch.randn(2, E) * 0.1,
+              (torch.randn(2, R + 2 * N, E) / E ** 0.5).to(dtype), (torch.randn(2, E, R) / R ** 0.5).to(dtype),
+              -torch.exp(torch.randn(2, E, N) * 0.5), torch.randn(2, E), torch.randn(2, E) * 0.5 - 1.]
+
+    def run(module):
+        def mixer(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias):
+            u = module.bidirectional_conv1d(xz[..., :E], conv_w, conv_b)
+            dbc = torch.bmm(u.flatten(1, 2), w_x.transpose(1, 2).to(u.dtype)).view(2, batch, L, -1)
+            dt = torch.bmm(dbc[..., :R].flatten(1, 2), w_dt.transpose(1, 2).to(u.dtype)).view(2, batch, L, E)
+            return module.bidirectional_scan(u, dt, A, dbc[..., R:R + N], dbc[..., R + N:], D, xz[..., E:], dt_bias)
+        return mixer
+    compare(run(triton_ops), run(reference), leaves, dtype, ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A', 'D', 'dt_bias'])
+
+
 def test_dispatch_uses_triton():
     batch, L, E, N = SCAN_SHAPES[-1]
     x, dt, A, BC, D, z, bias = (t.to(DEVICE) for t in scan_leaves((2,), batch, L, E, N, torch.float32))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from vim.kernels import reference, triton_conv1d, triton_ops, triton_scan
+from vim.kernels import reference, triton_ops, triton_scan
 
 N = 16
 SHAPES = [  # (name, batch, L, E)
@@ -200,7 +200,7 @@ def norm_rows(batch, L, E, bw):
             ('add+rmsnorm fwd+bwd', 'triton', timed(fb), (2 * fwd_bytes + nbytes(x, res)) / bw * 1e3)]
 
 
-def sweep(bw):
+def sweep():
     """Scan launch configurations at the two Vim-Tiny shapes."""
     lines = ['| shape | BLOCK_E | BLOCK_T | warps | fwd ms | fwd+bwd ms |', '| --- | --- | --- | --- | --- | --- |']
     saved = dict(triton_scan.SCAN_CONFIG)
@@ -231,7 +231,7 @@ def main():
              f'triton {triton.__version__}, python {platform.python_version()}',
              f'copy bandwidth (read + write): {bw / 1e12:.2f} TB/s', '']
     if args.sweep or args.sweep_only:
-        lines += sweep(bw) + ['']
+        lines += sweep() + ['']
     if args.sweep_only:
         print('\n'.join(lines))
         return

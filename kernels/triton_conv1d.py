@@ -27,22 +27,35 @@ def _pre_activation(x_row, w_row, bias, t, sign, mask_e, L, sx_t, W: tl.constexp
 
 
 @triton.jit
+def _tile(x_ptr, E, sx_b, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    """This program's tile: batch element, times, channels (mask) and x's row pointers at those channels."""
+    pid_b = tl.program_id(2).to(tl.int64)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    return pid_b, t, offs_e, offs_e < E, x_ptr + pid_b * sx_b + offs_e[None, :]
+
+
+@triton.jit
+def _direction(d, bias_ptr, offs_e, mask_e, E, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr,
+               BLOCK_E: tl.constexpr):
+    """Direction d's tap direction (+1: taps reach back in time, -1: forward) and its bias (zeros if none)."""
+    bias = tl.zeros((BLOCK_E,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+    return 1 - 2 * ((d + REVERSE) % 2), bias
+
+
+@triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, batch, L, E, sx_b, sx_t,
                      NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                      W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     # Grid: (cdiv(L, BLOCK_T), cdiv(E, BLOCK_E), batch): one (time, channel) tile of one batch element.
-    pid_b = tl.program_id(2).to(tl.int64)
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_e = offs_e < E
+    pid_b, t, offs_e, mask_e, x_row = _tile(x_ptr, E, sx_b, BLOCK_T, BLOCK_E)
     mask = (t < L)[:, None] & mask_e[None, :]
-    x_row = x_ptr + pid_b * sx_b + offs_e[None, :]
     for d in tl.static_range(NDIR):
-        sign = 1 - 2 * ((d + REVERSE) % 2)                 # +1: taps reach back in time, -1: forward
-        bias = tl.zeros((BLOCK_E,), tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
-        out = _pre_activation(x_row, w_ptr + (d * E + offs_e) * W, bias, t, sign, mask_e, L, sx_t, W, BLOCK_T, BLOCK_E)
+        sign, bias = _direction(d, bias_ptr, offs_e, mask_e, E, REVERSE, HAS_BIAS, BLOCK_E)
+        out = _pre_activation(x_row, w_ptr + (d * E + offs_e) * W, bias, t, sign, mask_e, L, sx_t, W, BLOCK_T,
+                              BLOCK_E)
         if SILU:
             out *= tl.sigmoid(out)
         tl.store(out_ptr + ((d * batch + pid_b) * L + t[:, None]) * E + offs_e[None, :],
@@ -58,19 +71,12 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr
     # pre-activations (for SiLU's derivative) rather than storing them. dx is written; dw and dbias are summed
     # over this tile into the tile's own slot of fp32 buffers (tiles, ndir, E, W) and (tiles, ndir, E), which the
     # caller sums: atomics from every tile onto the same few addresses would serialise.
-    pid_b = tl.program_id(2).to(tl.int64)
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_e = offs_e < E
-    x_row = x_ptr + pid_b * sx_b + offs_e[None, :]
+    pid_b, t, offs_e, mask_e, x_row = _tile(x_ptr, E, sx_b, BLOCK_T, BLOCK_E)
     tile = pid_b * tl.num_programs(0) + tl.program_id(0)    # this tile's slot in the dw, dbias buffers
     dx = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
     for d in tl.static_range(NDIR):
-        sign = 1 - 2 * ((d + REVERSE) % 2)
+        sign, bias = _direction(d, bias_ptr, offs_e, mask_e, E, REVERSE, HAS_BIAS, BLOCK_E)
         w_row = w_ptr + (d * E + offs_e) * W
-        bias = tl.zeros((BLOCK_E,), tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
         for j in tl.static_range(W):
             s = t + sign * (W - 1 - j)
             mask = ((s >= 0) & (s < L))[:, None] & mask_e[None, :]

@@ -12,24 +12,27 @@ from .triton_common import check, unit_last_stride
 
 
 @triton.jit
-def _load_sum(x_ptr, res_ptr, rows, cols, mask, sx_m, sr_m, HAS_RES: tl.constexpr):
+def _normalise_rows(x_ptr, res_ptr, w_ptr, M, D, eps, sx_m, sr_m, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """This program's rows (grid (cdiv(M, BLOCK_M),), BLOCK_D >= D): s = x + residual, rstd, weight, in fp32,
+    and the offsets and mask of the rows in a contiguous (M, D) tensor."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows < M)[:, None] & (cols < D)[None, :]
     s = tl.load(x_ptr + rows[:, None] * sx_m + cols[None, :], mask=mask, other=0.).to(tl.float32)
     if HAS_RES:
         s += tl.load(res_ptr + rows[:, None] * sr_m + cols[None, :], mask=mask, other=0.).to(tl.float32)
-    return s
+    rstd = 1. / tl.sqrt(tl.sum(s * s, 1) / D + eps)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.).to(tl.float32)
+    return s, rstd, w, cols, rows[:, None] * D + cols[None, :], mask
 
 
 @triton.jit
 def _rmsnorm_fwd_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, M, D, eps, sx_m, sr_m,
                         HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # Grid: (cdiv(M, BLOCK_M),): BLOCK_M whole rows per program (BLOCK_D >= D).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows < M)[:, None] & (cols < D)[None, :]
-    s = _load_sum(x_ptr, res_ptr, rows, cols, mask, sx_m, sr_m, HAS_RES)
-    rstd = 1. / tl.sqrt(tl.sum(s * s, 1) / D + eps)
-    w = tl.load(w_ptr + cols, mask=cols < D, other=0.).to(tl.float32)
-    offs = rows[:, None] * D + cols[None, :]
+    s, rstd, w, cols, offs, mask = _normalise_rows(x_ptr, res_ptr, w_ptr, M, D, eps, sx_m, sr_m, HAS_RES, BLOCK_M,
+                                                   BLOCK_D)
     tl.store(out_ptr + offs, (s * rstd[:, None] * w[None, :]).to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(res_out_ptr + offs, s.to(res_out_ptr.dtype.element_ty), mask=mask)
 
@@ -40,13 +43,8 @@ def _rmsnorm_bwd_kernel(x_ptr, res_ptr, w_ptr, dout_ptr, dres_out_ptr, dx_ptr, d
     # Grid as the forward. ds = rstd * w * g - s * rstd^3 * mean(s * w * g) + (grad of the new residual);
     # dx = dresidual = ds; dw is summed over this program's rows into row program_id of a (programs, D) buffer
     # (summed by the caller: atomics from every program onto the same D addresses serialise).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows < M)[:, None] & (cols < D)[None, :]
-    s = _load_sum(x_ptr, res_ptr, rows, cols, mask, sx_m, sr_m, HAS_RES)
-    rstd = 1. / tl.sqrt(tl.sum(s * s, 1) / D + eps)
-    w = tl.load(w_ptr + cols, mask=cols < D, other=0.).to(tl.float32)
-    offs = rows[:, None] * D + cols[None, :]
+    s, rstd, w, cols, offs, mask = _normalise_rows(x_ptr, res_ptr, w_ptr, M, D, eps, sx_m, sr_m, HAS_RES, BLOCK_M,
+                                                   BLOCK_D)
     g = tl.load(dout_ptr + offs, mask=mask, other=0.).to(tl.float32)
     gw = g * w[None, :]
     ds = rstd[:, None] * gw - s * (rstd * rstd * rstd * tl.sum(gw * s, 1) / D)[:, None]

@@ -77,6 +77,35 @@ def _last(tile, steps, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _channel_block(E, N, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's batch element and channel block (grid (cdiv(E, BLOCK_E), batch)), with masks."""
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    return pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_n[:, None] & mask_e[None, :]
+
+
+@triton.jit
+def _direction(d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
+               bias_ptr, sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b,
+               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Direction d's parameters, A as (BLOCK_N, BLOCK_E), D and dt_bias (zeros when absent), fp32, and the
+    pointers to its rows of x, dt (at this program's channels), B and C."""
+    A = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne, other=0.).to(tl.float32)
+    Dv = tl.zeros((BLOCK_E,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+    bias = tl.zeros((BLOCK_E,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+    return (A, Dv, bias, x_ptr + d * sx_d + pid_b * sx_b + offs_e[None, :], dt_ptr + d * sdt_d + pid_b * sdt_b
+            + offs_e[None, :], B_ptr + d * sB_d + pid_b * sB_b, C_ptr + d * sC_d + pid_b * sC_b)
+
+
+@triton.jit
 def _scan_fwd_kernel(
         x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr,
         batch, L, E, N, n_ckpt,
@@ -87,35 +116,22 @@ def _scan_fwd_kernel(
 ):
     # Grid: (cdiv(E, BLOCK_E), batch). Program (i, b) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of batch
     # element b for the whole sequence and every direction; the state lives in registers.
-    pid_e = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_e = offs_e < E
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    mask_ne = mask_n[:, None] & mask_e[None, :]
+    pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
     steps = tl.arange(0, BLOCK_T)
     out_row = out_ptr + pid_b * L * E + offs_e[None, :]
     for d in tl.static_range(NDIR):
         flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
-        A2 = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne,
-                     other=0.).to(tl.float32) * LOG2E
-        bias = tl.zeros((BLOCK_E,), tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
-        x_row = x_ptr + d * sx_d + pid_b * sx_b + offs_e[None, :]
-        dt_row = dt_ptr + d * sdt_d + pid_b * sdt_b + offs_e[None, :]
-        B_row = B_ptr + d * sB_d + pid_b * sB_b
-        C_row = C_ptr + d * sC_d + pid_b * sC_b
+        A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
+            d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E)
+        A2 = A * LOG2E
         h = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         for tile in range(tl.cdiv(L, BLOCK_T)):
             t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
                 x_row, dt_row, B_row, C_row, bias, A2, h, steps, tile * BLOCK_T, L, flip, mask_e, offs_n,
                 mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
             h = _last(hs, steps, BLOCK_T)
-            y = tl.sum(hs * Ct[:, :, None], 1)
-            if HAS_D:
-                y += tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)[None, :] * x
+            y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
             out_ptrs = out_row + t[:, None] * E
             if d == 1:                                       # second direction: add the first, halve
                 y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
@@ -145,13 +161,7 @@ def _scan_bwd_kernel(
     # Grid: (cdiv(E, BLOCK_E), batch), as the forward. dx, ddt, dz are written (own rows only); dB, dC
     # (summed over channels) and dA, dD, dbias (summed over batch and time) are accumulated with atomics
     # into fp32 buffers.
-    pid_e = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_e = offs_e < E
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    mask_ne = mask_n[:, None] & mask_e[None, :]
+    pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
     steps = tl.arange(0, BLOCK_T)
     first = (steps == 0)[:, None, None]
     n_tiles = tl.cdiv(L, BLOCK_T)
@@ -161,19 +171,10 @@ def _scan_bwd_kernel(
     row = pid_b * L * E + offs_e[None, :]                   # dx, ddt, dz, out: contiguous (.., batch, L, E)
     for d in tl.static_range(NDIR):
         flip = (d + REVERSE) % 2
-        A = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne,
-                    other=0.).to(tl.float32)
+        A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
+            d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E)
         A2 = A * LOG2E
-        bias = tl.zeros((BLOCK_E,), tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
-        Dv = tl.zeros((BLOCK_E,), tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
-        x_row = x_ptr + d * sx_d + pid_b * sx_b + offs_e[None, :]
-        dt_row = dt_ptr + d * sdt_d + pid_b * sdt_b + offs_e[None, :]
-        B_row = B_ptr + d * sB_d + pid_b * sB_b
-        C_row = C_ptr + d * sC_d + pid_b * sC_b
         dBC_row = (d * batch + pid_b) * L * N + offs_n[None, :]
         dh = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)        # dL/dh at the step after the current tile
         dA_acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)

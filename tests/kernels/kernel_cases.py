@@ -191,7 +191,8 @@ def test_mixer_core_chain(dtype):
             dt = torch.bmm(dbc[..., :R].flatten(1, 2), w_dt.transpose(1, 2).to(u.dtype)).view(2, batch, L, E)
             return module.bidirectional_scan(u, dt, A, dbc[..., R:R + N], dbc[..., R + N:], D, xz[..., E:], dt_bias)
         return mixer
-    compare(run(triton_ops), run(reference), leaves, dtype, ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A', 'D', 'dt_bias'])
+    names = ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A', 'D', 'dt_bias']
+    compare(run(triton_ops), run(reference), leaves, dtype, names)
 
 
 def test_dispatch_uses_triton():

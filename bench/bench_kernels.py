@@ -207,7 +207,7 @@ def sweep():
     for name, batch, L, E in SHAPES[:2]:
         args = scan_inputs(2, batch, L, E)
         for be, bt, nw in [(16, 4, 1), (8, 4, 1), (32, 4, 1)]:
-            triton_scan.SCAN_CONFIG.update(BLOCK_E=be, BLOCK_T=bt, num_warps=nw)
+            triton_scan.SCAN_CONFIG.update(BLOCK_E_FWD=be, BLOCK_E_BWD=be, BLOCK_T=bt, num_warps=nw)
             f = timed(lambda: triton_ops.bidirectional_scan(*args))
             fb = timed(fwd_bwd(triton_ops.bidirectional_scan, args))
             lines.append(f'| {name} bidir | {be} | {bt} | {nw} | {f:.3f} | {fb:.3f} |')

@@ -252,8 +252,10 @@ def _scan_bwd_kernel(
         tl.atomic_add(dbias_ptr + d * E + offs_e, dbias_acc, mask=mask_e)
 
 
-# Launch parameters, chosen by measurement (bench/kernel_notes.md). The backward uses the values its forward used.
-SCAN_CONFIG = dict(BLOCK_T=4, BLOCK_E=16, num_warps=1, CKPT_TILES=16)
+# Launch parameters (bench/kernel_notes.md has the measurements), read when the forward runs; its backward uses
+# the same. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes; the channel block of each
+# pass is free, since checkpoints are stored per channel, not per program.
+SCAN_CONFIG = dict(BLOCK_T=4, CKPT_TILES=16, num_warps=1, BLOCK_E_FWD=16, BLOCK_E_BWD=16)
 
 
 def _strides(x, dt, B, C, z):
@@ -275,12 +277,12 @@ class SelectiveScanFn(torch.autograd.Function):
         n_ckpt = triton.cdiv(L, chunk) - 1 if any(ctx.needs_input_grad) else 0
         out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
         ckpt = torch.empty((ndir, batch, n_ckpt, N, E), dtype=torch.float32, device=x.device)
-        grid = (triton.cdiv(E, cfg['BLOCK_E']), batch)
+        grid = (triton.cdiv(E, cfg['BLOCK_E_FWD']), batch)
         _scan_fwd_kernel[grid](
             x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
             out, ckpt, batch, L, E, N, n_ckpt, *_strides(x, dt, B, C, z),
             NDIR=ndir, REVERSE=reverse, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-            SOFTPLUS=softplus, SAVE=n_ckpt > 0, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'],
+            SOFTPLUS=softplus, SAVE=n_ckpt > 0, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E_FWD'],
             BLOCK_N=triton.next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt)
         ctx.flags = (softplus, reverse, cfg)
@@ -299,15 +301,15 @@ class SelectiveScanFn(torch.autograd.Function):
         dz = torch.empty(z.shape, dtype=z.dtype, device=x.device) if z is not None else None
         dA, dD, dbias = torch.zeros(A.shape, **f32), torch.zeros((ndir, E), **f32), torch.zeros((ndir, E), **f32)
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
-        grid = (triton.cdiv(E, cfg['BLOCK_E']), batch)
+        grid = (triton.cdiv(E, cfg['BLOCK_E_BWD']), batch)
         BLOCK_N = triton.next_power_of_2(N)
-        scratch = torch.empty(grid[0] * batch * cfg['CKPT_TILES'] * BLOCK_N * cfg['BLOCK_E'], **f32)
+        scratch = torch.empty(grid[0] * batch * cfg['CKPT_TILES'] * BLOCK_N * cfg['BLOCK_E_BWD'], **f32)
         _scan_bwd_kernel[grid](
             x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
             dout, ckpt, scratch, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
             batch, L, E, N, ckpt.shape[2], *_strides(x, dt, B, C, z), *dout.stride()[:2],
             NDIR=ndir, REVERSE=reverse, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-            SOFTPLUS=softplus, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], BLOCK_N=BLOCK_N,
+            SOFTPLUS=softplus, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E_BWD'], BLOCK_N=BLOCK_N,
             CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)

@@ -24,8 +24,10 @@ DTYPES = list(TOL)
 @pytest.fixture(autouse=True)
 def _setup(monkeypatch):
     torch.manual_seed(0)
-    if INTERPRET:   # small blocks: several channel blocks, tiles and checkpoint chunks at tiny shapes
-        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_E', 8)
+    if INTERPRET:   # small blocks: several channel blocks, tiles and checkpoint chunks at tiny shapes; the
+        # backward's channel block differs from the forward's
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_E_FWD', 8)
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_E_BWD', 16)
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_T', 4)
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'CKPT_TILES', 2)
         monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_T', 8)

@@ -8,9 +8,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
-from .backbone import PathOrFlag
-from .detectors import fasterrcnn_vim
+from .backbone import PathOrFlag, vim_detection_backbone
 from .engine import draw_detections, evaluate_detections, predict, save_png, train_detector
 from .finetune import param_groups_layer_decay
 from .shapes import ShapesDataset
@@ -19,10 +20,13 @@ __all__ = ['small_image_detector_kwargs', 'build_shapes_detector', 'run_shapes_d
 
 
 def small_image_detector_kwargs(image_size: Tuple[int, int]) -> Dict[str, Any]:
-    """FasterRCNN keyword arguments for small images: no resizing (the transform keeps ``image_size``)
-    and fewer proposals and RoI samples than torchvision's defaults for 800-1333 px images."""
+    """FasterRCNN keyword arguments for small images: no resizing (the transform keeps ``image_size``),
+    anchors of 16-256 px (torchvision's default 32-512 px miss objects of a few dozen pixels) and
+    fewer proposals and RoI samples than torchvision's defaults for 800-1333 px images."""
     return dict(
         min_size=min(image_size), max_size=max(image_size),
+        rpn_anchor_generator=AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)),
+                                             aspect_ratios=((0.5, 1.0, 2.0),) * 5),
         rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=200,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
         box_batch_size_per_image=64, box_detections_per_img=20,
@@ -34,10 +38,16 @@ def build_shapes_detector(
         pretrained: PathOrFlag = False,
         image_size: Tuple[int, int] = (96, 128),
         backbone_kwargs: Optional[Dict[str, Any]] = None,
+        representation_size: int = 256,
 ) -> FasterRCNN:
-    """A Faster R-CNN for :class:`ShapesDataset` images of ``image_size``."""
-    return fasterrcnn_vim(len(ShapesDataset.classes), model_name, pretrained=pretrained,
-                          backbone_kwargs=backbone_kwargs, **small_image_detector_kwargs(image_size))
+    """A Faster R-CNN for :class:`ShapesDataset` images of ``image_size``, with a box head of
+    ``representation_size`` features (torchvision's default is 1024)."""
+    backbone = vim_detection_backbone(model_name, pretrained=pretrained, **(backbone_kwargs or {}))
+    return FasterRCNN(
+        backbone,
+        box_head=TwoMLPHead(backbone.out_channels * 7 * 7, representation_size),
+        box_predictor=FastRCNNPredictor(representation_size, len(ShapesDataset.classes)),
+        **small_image_detector_kwargs(image_size))
 
 
 def run_shapes_demo(
@@ -85,6 +95,8 @@ def run_shapes_demo(
     predictions = predict(model, test_set, device=torch.device(device))
     targets = [test_set[i][1] for i in range(len(test_set))]
     metrics = evaluate_detections(predictions, targets, test_set.num_classes)
+    metrics.update({f'agnostic_{k}': v for k, v in
+                    evaluate_detections(predictions, targets, test_set.num_classes, class_agnostic=True).items()})
     say("held-out: " + ' '.join(f'{k}={v:.3f}' for k, v in metrics.items()))
     if output:
         _save_panel(test_set, predictions, output, num_drawn)

@@ -103,16 +103,22 @@ def evaluate_detections(
         num_classes: int,
         iou_threshold: float = 0.5,
         score_threshold: float = 0.5,
+        class_agnostic: bool = False,
 ) -> Dict[str, float]:
     """Detection quality at one IoU threshold.
 
     Returns ``'map'``: the mean over foreground classes (labels 1 .. num_classes - 1) of the average
     precision, each prediction matched greedily by score to an unmatched ground-truth box of its
     class with IoU >= ``iou_threshold``; ``'ap_<label>'`` per class; ``'recall'`` and ``'precision'``
-    over all classes, counting only predictions with score >= ``score_threshold``.
+    over all classes, counting only predictions with score >= ``score_threshold``. With
+    ``class_agnostic`` every label counts as 1: whether the objects are found, whatever their class.
     """
     if len(predictions) != len(targets):
         raise ValueError(f"Got {len(predictions)} predictions for {len(targets)} targets.")
+    if class_agnostic:
+        predictions = [dict(p, labels=torch.ones_like(p['labels'])) for p in predictions]
+        targets = [dict(t, labels=torch.ones_like(t['labels'])) for t in targets]
+        num_classes = 2
     result = {}
     kept_true = kept_total = 0
     num_gt_total = sum(len(t['labels']) for t in targets)

@@ -1,10 +1,11 @@
 """Freezing and layer-wise learning-rate decay for fine-tuning a detector on a Vim backbone.
 
 Both work on the trunk's timm ``group_matcher``: group 0 is the stem (``patch_embed``, ``pos_embed``,
-``cls_token``), groups 1 .. depth are the blocks, anything after is the final norm. Every parameter
-outside the trunk (pyramid, RPN, RoI heads) sits above the last block.
+``cls_token``), groups 1 .. depth are the blocks, and the final norm joins the last block (timm's
+convention). Every parameter outside the trunk (pyramid, RPN, RoI heads) sits above the last block.
 """
-from typing import Dict, Iterable, List, Optional, Set
+import fnmatch
+from typing import Collection, Dict, Iterable, List, Optional
 
 from timm.models import group_parameters
 from torch import nn
@@ -12,6 +13,11 @@ from torch import nn
 from .backbone import VimDetectionBackbone, trunk_blocks
 
 __all__ = ['find_detection_backbone', 'freeze_backbone', 'param_groups_layer_decay']
+
+
+def _matches(name: str, patterns: Collection[str]) -> bool:
+    """``name`` equals one of ``patterns`` or matches it as an fnmatch pattern (``'layers.*.mixer.A_log'``)."""
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def find_detection_backbone(model: nn.Module) -> VimDetectionBackbone:
@@ -23,7 +29,8 @@ def find_detection_backbone(model: nn.Module) -> VimDetectionBackbone:
 
 
 def _trunk_layer_ids(backbone: VimDetectionBackbone) -> Dict[str, int]:
-    """Trunk parameter name -> layer id: 0 stem, i + 1 block i, depth + 1 for anything later."""
+    """Trunk parameter name -> layer id: 0 stem, i + 1 block i (the final norm: depth), depth + 1 for
+    anything after (a classifier head, when the trunk kept one)."""
     trunk = backbone.trunk
     depth = len(trunk_blocks(trunk))
     groups = group_parameters(trunk, trunk.group_matcher(coarse=False))
@@ -57,9 +64,10 @@ def param_groups_layer_decay(
     """Optimizer parameter groups with layer-wise learning-rate decay (as in ViTDet / BEiT fine-tuning).
 
     A trunk parameter at layer id ``l`` (0 stem, ``i + 1`` for block ``i``) gets
-    ``lr_scale = layer_decay ** (depth + 1 - l)``; the final norm and every parameter outside the
-    trunk get 1. Biases, norm weights (every parameter with fewer than 2 dims), the trunk's
-    ``no_weight_decay()`` names and the ``no_weight_decay`` names of ``model`` get no weight decay.
+    ``lr_scale = layer_decay ** (depth + 1 - l)`` (the final norm: that of the last block); every
+    parameter outside the trunk gets 1. Biases, norm weights (every parameter with fewer than 2 dims), the trunk's
+    ``no_weight_decay()`` names and the ``no_weight_decay`` names of ``model`` (exact names or fnmatch
+    patterns) get no weight decay.
     Frozen parameters are left out. Each group has ``lr_scale`` (what timm's schedulers read) and,
     when ``lr`` is given, ``lr = lr * lr_scale``.
     """
@@ -67,7 +75,7 @@ def param_groups_layer_decay(
     depth = len(trunk_blocks(backbone.trunk))
     layer_ids = _trunk_layer_ids(backbone)
     trunk_names: Dict[int, str] = {id(p): name for name, p in backbone.trunk.named_parameters()}
-    skip_trunk: Set[str] = set(getattr(backbone.trunk, 'no_weight_decay', lambda: set())())
+    skip_trunk = set(getattr(backbone.trunk, 'no_weight_decay', lambda: set())())
     skip = set(no_weight_decay)
 
     groups: Dict[tuple, dict] = {}
@@ -76,7 +84,8 @@ def param_groups_layer_decay(
             continue
         trunk_name = trunk_names.get(id(param))
         layer = depth + 1 if trunk_name is None else layer_ids[trunk_name]
-        no_decay = param.ndim <= 1 or name in skip or (trunk_name is not None and trunk_name in skip_trunk)
+        no_decay = (param.ndim <= 1 or _matches(name, skip)
+                    or (trunk_name is not None and _matches(trunk_name, skip_trunk)))
         key = (layer, no_decay)
         if key not in groups:
             scale = layer_decay ** (depth + 1 - layer)

@@ -155,3 +155,13 @@ def test_evaluate_a_released_style_checkpoint(tmp_path, tiny_cfg, write_recipe, 
     assert evaluate_main(['--checkpoint', path, '--config', write_recipe(tiny_recipe), '--output', out]) == 0
     res = json.load(open(out))['results']
     assert res['raw'] == res['ema'] and res['raw']['count'] == 40
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
+def test_autocast_modes_train_and_checkpoint_the_scaler(tmp_path, tiny_recipe, amp):
+    tiny_recipe['train']['amp'] = amp
+    tiny_recipe['schedule']['epochs'] = 1
+    summary = train(load_config(recipe=tiny_recipe), output=str(tmp_path / amp))
+    assert np.isfinite(summary['final']['train_loss']) and summary['final']['skipped_steps'] == 0
+    scaler = torch.load(str(tmp_path / amp / 'last.pth'), weights_only=True)['scaler']
+    assert (scaler.get('scale', 0) > 0) == (amp == 'fp16')  # fp16 trains through a GradScaler, bf16 needs none

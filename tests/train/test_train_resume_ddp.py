@@ -70,32 +70,82 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_recipe, wr
     res = subprocess.run([sys.executable, TRAIN, '--resume', run], env=run_env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resumed at epoch 2, batch {killed_at['batch_in_epoch']}, step {killed_at['step']}" in res.stdout
+    assert (f"resumed at epoch {killed_at['epoch'] + 1}, batch {killed_at['batch_in_epoch']}, "
+            f"step {killed_at['step']}") in res.stdout
     assert_same_run(reference, run)
 
 
-def test_truncated_last_checkpoint_gives_clear_error(tmp_path, tiny_recipe, run_env):
+def test_truncated_last_checkpoint_gives_clear_error(tmp_path, tiny_recipe, capsys):
+    from vim.engine.cli import train_main
     tiny_recipe['schedule']['epochs'] = 1
     run = str(tmp_path / 'run')
     train(load_config(recipe=tiny_recipe), output=run)
     path = os.path.join(run, 'last.pth')
     data = open(path, 'rb').read()
     open(path, 'wb').write(data[: len(data) // 3])
-    res = subprocess.run([sys.executable, TRAIN, '--resume', run], env=run_env, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 1
-    assert 'vim-train: error: cannot read checkpoint' in res.stderr and 'truncated' in res.stderr
+    assert train_main(['--resume', run]) == 1
+    err = capsys.readouterr().err
+    assert 'vim-train: error: cannot read checkpoint' in err and 'last.pth' in err and 'truncated' in err
+
+
+def descendants(root):
+    parent = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    parent[int(entry)] = int(f.read().rsplit(')', 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        kids = [pid for pid, ppid in parent.items() if ppid in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def kill_when_step_logged(proc, run, step, deadline_s=240):
+    deadline = time.time() + deadline_s
+    while not any(r['type'] == 'step' and r['step'] >= step for r in read_rows(run)):
+        assert proc.poll() is None, f'training exited early: {proc.stderr.read().decode()[-3000:]}'
+        assert time.time() < deadline, 'training made no progress'
+        time.sleep(0.01)
+    # torchrun starts its workers in sessions of their own: kill the launcher and every descendant at once,
+    # as a batch scheduler ending the job would
+    for pid in [proc.pid] + descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    assert not os.path.exists(os.path.join(run, 'summary.json')), 'the run finished before it could be killed'
 
 
 def test_torchrun_two_processes_gloo(tmp_path, tiny_recipe, write_recipe, run_env):
     tiny_recipe['data']['batch_size'] = 8          # per process: the global batch stays 16
     tiny_recipe['schedule']['epochs'] = 2
+    tiny_recipe['train']['save_every_steps'] = 2
     recipe = write_recipe(tiny_recipe)
     run = str(tmp_path / 'ddp')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', TRAIN,
-           '--config', recipe, '--output', run]
-    res = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=400)
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', TRAIN]
+    res = subprocess.run(torchrun + ['--config', recipe, '--output', run], env=run_env, capture_output=True,
+                         text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+
+    # the same run killed (SIGKILL, launcher and workers) after step 9 and resumed on two processes
+    killed = str(tmp_path / 'ddp_killed')
+    proc = subprocess.Popen(torchrun + ['--config', recipe, '--output', killed], env=run_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_when_step_logged(proc, killed, 9)
+    at = torch.load(os.path.join(killed, 'last.pth'), weights_only=True)
+    assert 8 <= at['step'] < 12 and len(at['rng']) == 2   # killed inside the second (last) epoch
+    resumed = subprocess.run(torchrun + ['--resume', killed], env=run_env, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert f"resumed at epoch {at['epoch'] + 1}, batch {at['batch_in_epoch']}, step {at['step']}" in resumed.stdout, \
+        resumed.stdout[-3000:]
+    assert_same_run(run, killed)
 
     rows = read_rows(run)
     epochs = [r for r in rows if r['type'] == 'epoch']

@@ -165,6 +165,8 @@ class _Run:
         base = cfg['optim']['lr_base_batch']
         self.lr = float(cfg['optim']['lr']) * (self.global_batch / float(base) if base else 1.0)
 
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
         model.to(self.device)
         self.model = model
         self.optimizer = build_optimizer(model, cfg['optim'], self.lr)

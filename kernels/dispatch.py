@@ -19,6 +19,7 @@ import torch
 
 BACKENDS = ('auto', 'triton', 'reference')
 ENV_VAR = 'VIM_BACKEND'
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _override: Optional[str] = None
 
 
@@ -76,8 +77,9 @@ def resolve(tensor: torch.Tensor, backend: Optional[str] = None) -> str:
     choice = requested_backend(backend)
     if choice == 'reference':
         return 'reference'
-    if choice == 'auto':
-        usable = tensor.is_cuda and not triton_interpreting() and triton_import_error() is None
+    if choice == 'auto':  # the kernels take fp32 / fp16 / bf16; float64 stays on the reference
+        usable = (tensor.is_cuda and tensor.dtype in KERNEL_DTYPES and not triton_interpreting()
+                  and triton_import_error() is None)
         return 'triton' if usable else 'reference'
     if not _triton_runs_on(tensor):
         raise RuntimeError(

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 __all__ = ['selective_scan', 'bidirectional_scan', 'causal_conv1d', 'bidirectional_conv1d', 'add_rms_norm']
 
@@ -41,11 +42,12 @@ def selective_scan(
 
     reverse=True runs the recurrence from t = L-1 down to 0 (the backward branch of Vim).
 
-    The recurrence runs over time in chunks of ``chunk`` steps: a chunk's decays and inputs, (batch, chunk,
-    E, N), are built at once and stay in cache while a vectorised loop walks its steps, one fused
+    The recurrence runs over time in chunks of ``chunk`` steps: a chunk's decays and inputs, (chunk,
+    batch, E, N), are built at once and stay in cache while a vectorised loop walks its steps, one fused
     multiply-add on the (batch, E, N) state each. On a CPU this beats materialising all L steps (4-8x
     less memory traffic) and the parallel-prefix formulations, which do log(L) times more arithmetic
-    (bench/cpu_scan.md has the measurements).
+    (bench/cpu_reference.md has the measurements). Under autograd each chunk is checkpointed: the
+    backward keeps one state per chunk and recomputes the chunk, instead of keeping every step's.
     """
     dtype = x.dtype
     cdt = _compute_dtype(dtype)
@@ -55,26 +57,38 @@ def selective_scan(
     if dt_softplus:
         dt = F.softplus(dt)  # threshold 20, as the kernels
 
+    # time-major (L, batch, ...), so one step is one contiguous slice
+    dt_t, x_t, B_t, C_t = (t.transpose(0, 1).contiguous() for t in (dt, x, B, C))
     length = x.shape[1]
     starts = list(range(0, length, chunk))
     h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])        # (batch, E, N)
-    ys = [x] * len(starts)
+    ys = [x_t] * len(starts)
+    checkpointed = torch.is_grad_enabled() and any(t.requires_grad for t in (dt_t, x_t, B_t, C_t, A))
     for c in (reversed(range(len(starts))) if reverse else range(len(starts))):
         span = slice(starts[c], starts[c] + chunk)
-        dt_c = dt[:, span].transpose(0, 1).contiguous()         # (T, batch, E): time-major, a step is contiguous
-        decay = torch.exp(dt_c.unsqueeze(-1) * A)               # (T, batch, E, N)
-        drive = (dt_c * x[:, span].transpose(0, 1)).unsqueeze(-1) * B[:, span].transpose(0, 1).unsqueeze(2)
-        states = [h] * decay.shape[0]
-        for t in (range(decay.shape[0] - 1, -1, -1) if reverse else range(decay.shape[0])):
-            h = torch.addcmul(drive[t], decay[t], h)
-            states[t] = h
-        ys[c] = torch.einsum('tben,btn->bte', torch.stack(states), C[:, span])
-    y = torch.cat(ys, dim=1)
+        args = (h, dt_t[span], x_t[span], B_t[span], C_t[span], A, reverse)
+        if checkpointed:
+            ys[c], h = torch.utils.checkpoint.checkpoint(_scan_chunk, *args, use_reentrant=False)
+        else:
+            ys[c], h = _scan_chunk(*args)
+    y = torch.cat(ys, dim=0).transpose(0, 1)                   # (batch, L, E)
     if D is not None:
         y = y + x * D.to(cdt)
     if z is not None:
         y = y * F.silu(z.to(cdt))
     return y.to(dtype)
+
+
+def _scan_chunk(h, dt, x, B, C, A, reverse: bool):
+    """Steps of one chunk, time-major: dt, x (T, batch, E); B, C (T, batch, N); h (batch, E, N) entering.
+    Returns the chunk's <C_t, h_t> (T, batch, E) and the state leaving it."""
+    decay = torch.exp(dt.unsqueeze(-1) * A)                    # (T, batch, E, N)
+    drive = (dt * x).unsqueeze(-1) * B.unsqueeze(2)            # (T, batch, E, N)
+    states = [h] * decay.shape[0]
+    for t in (range(decay.shape[0] - 1, -1, -1) if reverse else range(decay.shape[0])):
+        h = torch.addcmul(drive[t], decay[t], h)
+        states[t] = h
+    return torch.einsum('tben,tbn->tbe', torch.stack(states), C), h
 
 
 def bidirectional_scan(

@@ -1,0 +1,77 @@
+"""Whole-model inference throughput: Vim against DeiT (timm, fused attention), same run, same GPU.
+
+    python bench/model_throughput.py [--out results.md]
+
+bf16 autocast, batch inference, CUDA-graph-free eager mode; images/s from the median of timed batches,
+peak memory from torch.cuda.max_memory_allocated. Shapes follow DESIGN.md's anchors: 224 px at batch 256
+and 1248 px at batch 8.
+"""
+import argparse
+import contextlib
+import statistics
+
+import timm
+import torch
+
+import vim  # noqa: F401  registers vim_*
+
+CASES = [(224, 256), (512, 8), (1248, 8)]
+MODELS = ['deit_tiny_patch16_224', 'vim_tiny_patch16_224', 'deit_small_patch16_224', 'vim_small_patch16_224']
+
+
+def throughput(name, size, batch, backend=None, repeats=20):
+    model = timm.create_model(name, img_size=size, num_classes=1000).cuda().eval()
+    images = torch.randn(batch, 3, size, size, device='cuda')
+    ctx = vim.kernels.use_backend(backend) if backend else contextlib.nullcontext()
+    times = []
+    with ctx, torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16):
+        for _ in range(3):
+            model(images)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(images)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    del model
+    torch.cuda.empty_cache()
+    return batch / statistics.median(times), peak
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--out', default=None)
+    parser.add_argument('--with-reference', action='store_true', help='also time Vim on the PyTorch reference path')
+    args = parser.parse_args()
+    lines = [f'{torch.cuda.get_device_name()}, torch {torch.__version__}, timm {timm.__version__}', '',
+             '| model | backend | img size | batch | img/s | peak GiB | vs DeiT of the same size |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
+    for size, batch in CASES:
+        deit = {}
+        for name in MODELS:
+            backends = [None] if name.startswith('deit') else (['triton', 'reference'] if args.with_reference else ['triton'])
+            for backend in backends:
+                try:
+                    ips, peak = throughput(name, size, batch, backend)
+                except torch.cuda.OutOfMemoryError:
+                    lines.append(f'| {name} | {backend or "fused attn"} | {size} | {batch} | OOM | | |')
+                    continue
+                family = name.split('_')[1]
+                if name.startswith('deit'):
+                    deit[family] = ips
+                ratio = f'{ips / deit[family]:.2f}x' if family in deit and not name.startswith('deit') else ''
+                lines.append(f'| {name} | {backend or "fused attn"} | {size} | {batch} | {ips:.0f} | {peak:.2f} | {ratio} |')
+                print(lines[-1], flush=True)
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()

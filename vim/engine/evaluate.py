@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import VisionMamba, checkpoint_filter_fn
 from ..data import build_dataset, build_eval_loader, build_eval_transform, resolve_data_settings
 from . import distributed as du
-from .metrics import topk_correct
+from .metrics import setup_logging, topk_correct
 from .model import build_model
 from .state import FORMAT, check_compatible, load_checkpoint, load_model_state
 
@@ -71,6 +71,7 @@ def run_evaluation(cfg: Dict, checkpoint: Optional[str] = None, output: Optional
     checkpoint (``{'model': ..., 'model_ema': ...}``) works the same way.
     """
     info = du.init_distributed(cfg['train']['device'])
+    setup_logging(None, info.is_main)
     try:
         val_set = build_dataset(cfg['data'], 'val', seed=cfg['seed'])
         model, arch = build_model(cfg, val_set.num_classes)

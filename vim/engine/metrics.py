@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-__all__ = ['topk_correct', 'MetricsLog', 'Progress', 'format_duration']
+__all__ = ['topk_correct', 'MetricsLog', 'Progress', 'format_duration', 'setup_logging']
 
 logger = logging.getLogger('vim.train')
 
@@ -107,3 +107,19 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def setup_logging(run_dir: Optional[str], is_main: bool) -> None:
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S')
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if run_dir and is_main:
+        fh = logging.FileHandler(os.path.join(run_dir, 'train.log'))
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -25,7 +24,7 @@ from ..data.loader import steps_per_epoch
 from . import distributed as du
 from .config import dump_config
 from .evaluate import autocast, evaluate
-from .metrics import MetricsLog, Progress
+from .metrics import MetricsLog, Progress, setup_logging
 from .model import build_model
 from .optim import build_optimizer, build_scheduler
 from .plots import write_plots
@@ -45,22 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def setup_logging(run_dir: Optional[str], is_main: bool) -> None:
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S')
-    stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(fmt)
-    logger.addHandler(stream)
-    if run_dir and is_main:
-        fh = logging.FileHandler(os.path.join(run_dir, 'train.log'))
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
 
 
 def resolve_run_dir(cfg: Dict, output: Optional[str], resume: Optional[str]) -> str:

@@ -183,3 +183,25 @@ def test_plots_are_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypat
         assert plots.write_plots([{'type': 'step', 'step': 1, 'loss': 1.0, 'lr': 0.1}], str(tmp_path)) == []
     assert 'matplotlib is not installed: skipping plots' in caplog.text
     assert os.listdir(tmp_path) == []
+
+
+def test_finetune_from_a_run_checkpoint_at_a_new_size_and_class_count(tmp_path, tiny_recipe):
+    """model.pretrained_file takes a vim-train checkpoint: new head, position embedding resampled 2x2 -> 4x4."""
+    tiny_recipe['schedule']['epochs'] = 1
+    train(load_config(recipe=tiny_recipe), output=str(tmp_path / 'pre'))
+    pre = torch.load(str(tmp_path / 'pre' / 'best.pth'), weights_only=True)
+    cfg = load_config(recipe=tiny_recipe, overrides=[
+        'model.pretrained=true', f"model.pretrained_file={tmp_path / 'pre' / 'best.pth'}",
+        'model.kwargs.img_size=16', 'data.img_size=16', 'data.synthetic_img_size=16',
+        'data.synthetic_num_classes=4', 'schedule.epochs=1'])
+    from vim.engine.model import build_model
+    model, arch = build_model(cfg, 4)
+    assert arch['kwargs']['img_size'] == 16 and model.get_classifier().out_features == 4
+    src = pre['model_ema']  # timm's file loader prefers the EMA weights, as for released checkpoints
+    assert torch.equal(model.state_dict()['layers.1.mixer.in_proj.weight'], src['layers.1.mixer.in_proj.weight'])
+    assert model.pos_embed.shape[1] == 17 and src['pos_embed'].shape[1] == 5
+    summary = train(cfg, output=str(tmp_path / 'ft'))
+    assert summary['final']['val_top1'] is not None
+    with pytest.raises(FileNotFoundError, match='pretrained_file not found'):
+        build_model(load_config(recipe=tiny_recipe, overrides=['model.pretrained=true',
+                                                                'model.pretrained_file=/nonexistent.pth']), 4)

@@ -74,7 +74,7 @@ def run_evaluation(cfg: Dict, checkpoint: Optional[str] = None, output: Optional
     setup_logging(None, info.is_main)
     try:
         val_set = build_dataset(cfg['data'], 'val', seed=cfg['seed'])
-        model, arch = build_model(cfg, val_set.num_classes)
+        model, arch = build_model(cfg, val_set.num_classes, load_pretrained=checkpoint is None)
         states = {'raw': None}
         if checkpoint:
             ckpt = load_checkpoint(checkpoint)

@@ -1,4 +1,5 @@
 """Build the classifier a recipe names, through ``timm.create_model`` (``import vim`` registers Vim)."""
+import os
 from typing import Any, Dict, Tuple
 
 import timm
@@ -18,15 +19,22 @@ def model_kwargs(cfg: Dict) -> Dict[str, Any]:
     return kwargs
 
 
-def build_model(cfg: Dict, num_classes: int) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """Return ``(model, arch)``; ``arch`` identifies the architecture in checkpoints."""
+def build_model(cfg: Dict, num_classes: int, load_pretrained: bool = True) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Return ``(model, arch)``; ``arch`` identifies the architecture in checkpoints.
+
+    ``model.pretrained`` loads weights from ``model.pretrained_file`` (timm's file loader) or the hub,
+    unless ``load_pretrained`` is false (a resumed run restores its own weights).
+    """
     mcfg = cfg['model']
     kwargs = model_kwargs(cfg)
+    pretrained = bool(mcfg['pretrained']) and load_pretrained
     extra = {}
-    if mcfg['pretrained'] and mcfg['pretrained_file']:
+    if pretrained and mcfg['pretrained_file']:
+        if not os.path.isfile(mcfg['pretrained_file']):
+            raise FileNotFoundError(f"model.pretrained_file not found: {mcfg['pretrained_file']}")
         extra['pretrained_cfg_overlay'] = dict(file=mcfg['pretrained_file'])
     try:
-        model = timm.create_model(mcfg['name'], pretrained=bool(mcfg['pretrained']), num_classes=num_classes,
+        model = timm.create_model(mcfg['name'], pretrained=pretrained, num_classes=num_classes,
                                   drop_path_rate=float(mcfg['drop_path_rate']), drop_rate=float(mcfg['drop_rate']),
                                   **kwargs, **extra)
     except RuntimeError as err:

@@ -107,9 +107,10 @@ class _Run:
         run_dir = du.broadcast_object(resolve_run_dir(cfg, output, resume) if info.is_main else None)
         self.run_dir = run_dir
         self.ckpt = None
+        taken = du.broadcast_object(os.path.exists(os.path.join(run_dir, 'last.pth')) if info.is_main else None)
         if resume:
             self.ckpt = load_checkpoint(resume)
-        elif info.is_main and os.path.exists(os.path.join(run_dir, 'last.pth')):
+        elif taken:  # every process raises, so none waits for the others
             raise FileExistsError(f"{run_dir} already holds a run (last.pth); continue it with --resume {run_dir} "
                                   f"or pick another --output")
         if info.is_main:
@@ -127,7 +128,8 @@ class _Run:
         else:
             self.train_set, self.val_set = datasets
         self.num_classes = self.train_set.num_classes
-        model, self.arch = build_model(cfg, self.num_classes)
+        # a resumed run takes its weights from the checkpoint, not from the pretrained source again
+        model, self.arch = build_model(cfg, self.num_classes, load_pretrained=self.ckpt is None)
         if self.ckpt is not None:
             check_compatible(self.ckpt, self.arch, resume)
         if tcfg['grad_checkpointing']:

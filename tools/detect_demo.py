@@ -19,10 +19,14 @@ def main(argv=None) -> dict:
     parser.add_argument('--depth', type=int, default=2, help="trunk depth; 0 keeps the model's own")
     parser.add_argument('--out-channels', type=int, default=32, help='pyramid channels')
     parser.add_argument('--size', type=int, nargs=2, default=(96, 128), metavar=('H', 'W'))
-    parser.add_argument('--steps', type=int, default=150)
+    parser.add_argument('--random-background', action='store_true',
+                        help='a random background colour per image (harder) instead of dark grey')
+    parser.add_argument('--steps', type=int, default=120)
     parser.add_argument('--batch-size', type=int, default=4)
-    parser.add_argument('--lr', type=float, default=1e-3)
+    parser.add_argument('--lr', type=float, default=2e-3)
     parser.add_argument('--layer-decay', type=float, default=1.0)
+    parser.add_argument('--num-train', type=int, default=512, help='generated training images')
+    parser.add_argument('--num-test', type=int, default=32, help='generated held-out images')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', default='detect_demo.png', help='PNG of test images with boxes drawn')
@@ -36,8 +40,10 @@ def main(argv=None) -> dict:
     pretrained = True if args.pretrained == 'default' else (args.pretrained or False)
     result = run_shapes_demo(
         args.model, pretrained=pretrained, backbone_kwargs=backbone_kwargs, image_size=tuple(args.size),
-        object_size=(min(args.size) // 6, min(args.size) // 2), steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, layer_decay=args.layer_decay, device=args.device, output=args.out, seed=args.seed)
+        object_size=(min(args.size) * 5 // 24, min(args.size) // 2),
+        background=None if args.random_background else (0.1, 0.1, 0.1), steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, layer_decay=args.layer_decay, num_train=args.num_train, num_test=args.num_test,
+        device=args.device, output=args.out, seed=args.seed)
     print(json.dumps(result['metrics']))
     return result['metrics']
 

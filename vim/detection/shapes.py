@@ -6,7 +6,7 @@ overlap, so every box and mask is fully visible. Targets follow torchvision's de
 ``boxes`` (N, 4) float xyxy in pixels, ``labels`` (N,) int64 with 0 reserved for background, and
 optionally ``masks`` (N, H, W) uint8.
 """
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Dataset
@@ -33,6 +33,8 @@ class ShapesDataset(Dataset):
         seed: seed of the whole dataset; image ``i`` depends only on (``seed``, ``i``).
         masks: also return instance masks (for Mask R-CNN).
         noise: standard deviation of the per-pixel background noise.
+        background: one RGB colour (in [0, 1]) for every image; None draws a random one per image
+            (harder: the detector must learn what "background" is from context).
     """
 
     classes = SHAPE_CLASSES
@@ -46,6 +48,7 @@ class ShapesDataset(Dataset):
             seed: int = 0,
             masks: bool = False,
             noise: float = 0.04,
+            background: Optional[Sequence[float]] = None,
     ):
         self.num_images = num_images
         self.image_size = _pair(image_size)
@@ -54,6 +57,9 @@ class ShapesDataset(Dataset):
         self.seed = seed
         self.masks = masks
         self.noise = noise
+        self.background = None if background is None else torch.tensor(background, dtype=torch.float32)
+        if self.background is not None and self.background.shape != (3,):
+            raise ValueError(f"background must be one RGB colour, got {background}.")
         h, w = self.image_size
         if object_size[1] >= min(h, w):
             raise ValueError(f"object_size {object_size} must stay below the image size {self.image_size}.")
@@ -99,7 +105,7 @@ class ShapesDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         h, w = self.image_size
-        background = torch.rand(3, generator=g)
+        background = torch.rand(3, generator=g) if self.background is None else self.background
         image = background.view(3, 1, 1).expand(3, h, w).clone()
         image += self.noise * torch.randn((3, h, w), generator=g)
         ys = torch.arange(h, dtype=torch.float32).view(h, 1) + 0.5

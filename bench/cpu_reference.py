@@ -55,6 +55,7 @@ def main():
         with torch.inference_mode():
             t = best_of(lambda: model(images))
         lines.append(f'| reference path | {batch} | {t / batch:.3f} |')
+        print(lines[-1], flush=True)
 
     E, N, L = 384, 16, 197
     lines += ['', f'| scan formulation (one direction, E={E}, N={N}, L={L}) | batch | ms |', '| --- | --- | --- |']
@@ -67,8 +68,10 @@ def main():
                 t = best_of(lambda: reference.selective_scan(*inp, chunk=chunk))
                 name = 'whole sequence at once' if chunk == L else f'chunks of {chunk}'
                 lines.append(f'| sequential steps, {name} | {batch} | {t * 1e3:.1f} |')
+                print(lines[-1], flush=True)
             t = best_of(lambda: parallel_prefix_scan(*inp))
             lines.append(f'| parallel prefix (Hillis-Steele) | {batch} | {t * 1e3:.1f} |')
+            print(lines[-1], flush=True)
     text = '\n'.join(lines)
     print(text)
     if args.out:

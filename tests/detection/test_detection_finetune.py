@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vim.detection import fasterrcnn_vim, freeze_backbone, param_groups_layer_decay, vim_detection_backbone
+from vim.detection import fasterrcnn_vim, freeze_backbone, param_groups_layer_decay
 
 from conftest import TINY_MODEL
 

@@ -3,7 +3,6 @@ import collections
 import sys
 import types
 
-import pytest
 import torch
 from torch import nn
 

@@ -15,5 +15,13 @@ from .integrations import (
 from .pyramid import SimpleFeaturePyramid
 from .shapes import SHAPE_CLASSES, ShapesDataset, collate_detection
 
+__all__ = [
+    'MMDetVimBackbone', 'SHAPE_CLASSES', 'ShapesDataset', 'SimpleFeaturePyramid', 'VimDetectionBackbone',
+    'add_vim_config', 'average_precision', 'collate_detection', 'detectron2_backbone_class', 'draw_detections',
+    'evaluate_detections', 'fasterrcnn_vim', 'find_detection_backbone', 'freeze_backbone', 'maskrcnn_vim',
+    'param_groups_layer_decay', 'predict', 'register_available', 'register_detectron2', 'register_mmdet',
+    'retinanet_vim', 'save_png', 'train_detector', 'trunk_blocks', 'vim_detection_backbone',
+]
+
 # mmdetection / detectron2: register where their registries are already imported (never import them here)
 register_available()

@@ -9,7 +9,7 @@ torchvision's ``GeneralizedRCNNTransform`` pads batches), so every level ``i`` h
 import math
 import os
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import timm
 import torch

@@ -3,7 +3,7 @@ import contextlib
 import platform
 import statistics
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch

@@ -121,6 +121,7 @@ def _save_panel(dataset: ShapesDataset, predictions: Sequence[Dict[str, torch.Te
         image, target = dataset[i]
         image = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode='nearest')[0]
         prediction = dict(predictions[i], boxes=predictions[i]['boxes'] * scale)
-        drawn.append(draw_detections(image, prediction, dataset.classes, target=dict(target, boxes=target['boxes'] * scale)))
+        target = dict(target, boxes=target['boxes'] * scale)
+        drawn.append(draw_detections(image, prediction, dataset.classes, target=target))
     gap = torch.full((3, drawn[0].shape[1], 4), 255, dtype=torch.uint8)
     save_png(torch.cat([part for d in drawn for part in (d, gap)][:-1], dim=2), path)

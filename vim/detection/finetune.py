@@ -39,7 +39,8 @@ def _trunk_layer_ids(backbone: VimDetectionBackbone) -> Dict[str, int]:
 
 def freeze_backbone(model: nn.Module, patch_embed: bool = True, num_blocks: int = 0) -> int:
     """Stop gradients to the stem (patch embedding, position embedding, cls token) and/or the first
-    ``num_blocks`` blocks of the Vim trunk inside ``model``. Returns the number of frozen parameters."""
+    ``num_blocks`` blocks of the Vim trunk inside ``model`` (all blocks: the final norm too, which
+    timm groups with the last block). Returns the number of frozen parameters."""
     backbone = find_detection_backbone(model)
     depth = len(trunk_blocks(backbone.trunk))
     if not 0 <= num_blocks <= depth:

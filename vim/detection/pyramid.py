@@ -11,7 +11,7 @@ the last block for every level.
 """
 import math
 from collections import OrderedDict
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import nn

@@ -2,7 +2,8 @@
 (mamba_ssm's selective_scan_cuda, causal_conv1d), at Vim's shapes; report each time as a fraction of the
 memory floor (bytes that must cross device memory once / copy bandwidth measured in the same run).
 
-    python bench/bench_kernels.py [--sweep | --sweep-only] [--no-reference] [--out results.md]
+    python bench/bench_kernels.py [--sweep | --sweep-only] [--no-reference] [--scan-only] [--shapes 0,1]
+                                  [--out results.md]
 
 Times are medians of triton.testing.do_bench (CUDA events) after warm-up. bf16 activations, fp32 parameters.
 The official kernels take (batch, channels, L) activations; their inputs are transposed outside the timed region,
@@ -200,17 +201,33 @@ def norm_rows(batch, L, E, bw):
             ('add+rmsnorm fwd+bwd', 'triton', timed(fb), (2 * fwd_bytes + nbytes(x, res)) / bw * 1e3)]
 
 
-def sweep():
-    """Scan launch configurations at the two Vim-Tiny shapes."""
-    lines = ['| shape | BLOCK_E | BLOCK_T | warps | fwd ms | fwd+bwd ms |', '| --- | --- | --- | --- | --- | --- |']
+SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked defaults
+    ('auto', {}),
+    ('unsegmented', dict(SEG_MIN_PROGRAMS=1)),
+    ('fwd BLOCK_E 16', dict(BLOCK_E_FWD=16)),
+    ('bwd BLOCK_E 8', dict(BLOCK_E_BWD=8)),
+    ('bwd BLOCK_E 32', dict(BLOCK_E_BWD=32)),
+    ('seg target 1536', dict(SEG_TARGET_PROGRAMS=1536)),
+    ('seg target 6144', dict(SEG_TARGET_PROGRAMS=6144)),
+    ('segmented always, target 12288', dict(SEG_MIN_PROGRAMS=1 << 30, SEG_TARGET_PROGRAMS=12288)),
+    ('CKPT_TILES 8', dict(CKPT_TILES=8)),
+    ('BLOCK_T 8', dict(BLOCK_T=8)),
+    ('2 warps', dict(num_warps=2)),
+]
+
+
+def sweep(shapes):
+    """Scan launch configurations (bidirectional scan) at the given shapes."""
+    lines = ['| shape | config | fwd ms | fwd+bwd ms |', '| --- | --- | --- | --- |']
     saved = dict(triton_scan.SCAN_CONFIG)
-    for name, batch, L, E in SHAPES[:2]:
+    for name, batch, L, E in shapes:
         args = scan_inputs(2, batch, L, E)
-        for be, bt, nw in [(16, 4, 1), (8, 4, 1), (32, 4, 1)]:
-            triton_scan.SCAN_CONFIG.update(BLOCK_E_FWD=be, BLOCK_E_BWD=be, BLOCK_T=bt, num_warps=nw)
+        for label, change in SWEEP:
+            triton_scan.SCAN_CONFIG.update(saved)
+            triton_scan.SCAN_CONFIG.update(change)
             f = timed(lambda: triton_ops.bidirectional_scan(*args))
             fb = timed(fwd_bwd(triton_ops.bidirectional_scan, args))
-            lines.append(f'| {name} bidir | {be} | {bt} | {nw} | {f:.3f} | {fb:.3f} |')
+            lines.append(f'| {name} b{batch} L{L} E{E} bidir | {label} | {f:.3f} | {fb:.3f} |')
             print(lines[-1], flush=True)
     triton_scan.SCAN_CONFIG.update(saved)
     return lines
@@ -221,6 +238,8 @@ def main():
     parser.add_argument('--sweep', action='store_true', help='also time scan launch configurations')
     parser.add_argument('--sweep-only', action='store_true', help='only time scan launch configurations')
     parser.add_argument('--no-reference', action='store_true', help='skip the (slow) PyTorch reference')
+    parser.add_argument('--scan-only', action='store_true', help='only the scan rows (no conv1d, RMSNorm, mixer)')
+    parser.add_argument('--shapes', default=None, help='comma-separated indices into SHAPES (default: all)')
     parser.add_argument('--out', default=None, help='write the markdown tables here')
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -230,17 +249,19 @@ def main():
     lines = [f'device: {props.name} ({props.multi_processor_count} SMs); torch {torch.__version__}, '
              f'triton {triton.__version__}, python {platform.python_version()}',
              f'copy bandwidth (read + write): {bw / 1e12:.2f} TB/s', '']
+    shapes = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(',')]
     if args.sweep or args.sweep_only:
-        lines += sweep() + ['']
+        lines += sweep(shapes[:2]) + ['']
     if args.sweep_only:
         print('\n'.join(lines))
         return
     lines += ['| shape | op | impl | ms | floor ms | floor / time | speed-up vs official |',
               '| --- | --- | --- | --- | --- | --- | --- |']
-    for name, batch, L, E in SHAPES:
+    for name, batch, L, E in shapes:
         rows = scan_rows(batch, L, E, bw, official, not args.no_reference and L < 1000)
-        rows += conv_rows(batch, L, E, bw, official) + norm_rows(batch, L, E, bw)
-        for impl in ['triton'] + (['official'] if official else []):
+        if not args.scan_only:
+            rows += conv_rows(batch, L, E, bw, official) + norm_rows(batch, L, E, bw)
+        for impl in ['triton'] + (['official'] if official else []) if not args.scan_only else []:
             fn, params = mixer_core(batch, L, E, impl == 'official')
             floor = nbytes(params[0]) * 2 / bw * 1e3                    # xz in, y out (E wide, half of xz)
             rows.append(('mixer core fwd', impl, timed(lambda: fn(*params)), floor))

@@ -12,12 +12,20 @@ h_s = a_s * h_{s-1} + b_s along the tile with an associative scan whose axis lie
 is a plain sequential loop over registers. ``s`` counts steps in scan order: time t = s forward, L-1-s in
 reverse, so the reverse direction reads the sequence backwards instead of flipping it.
 
+Segmented scan (long sequences, few batch elements x channel blocks: b8 L6085 gives 96 programs for 132 SMs):
+the sequence is cut into segments of whole checkpoint chunks, one program per (channel block, batch element,
+segment). Pass 1 runs each segment from a zero state and keeps its end state and the sum of its deltas (the
+segment's decay is exp(A * sum delta)); pass 2 folds the earlier segments' summaries into the true entry state
+and replays the segment. The backward does the same with dh, in reverse. launch_config picks it by shape.
+
 Backward: the forward (when autograd needs it) stores the state every CKPT_TILES * BLOCK_T steps. The backward
 walks those chunks last to first: it recomputes the states entering each tile of the chunk from the chunk's
 checkpoint (kept in a small per-program scratch buffer), then sweeps the tiles in reverse, recomputing each
 tile's states and scanning dh_s = C_s dy_s + a_{s+1} dh_{s+1} backwards. It never inverts the recurrence:
 a_s h_{s-1} = h_s - b_s is all it needs of the previous state.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -46,9 +54,10 @@ def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, flip, mask_e, offs_n, mask_n,
+def _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
                  sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr):
-    """Load the tile of scan steps s0 .. s0+BLOCK_T-1 and run the recurrence from state h0 (BLOCK_N, BLOCK_E).
+    """Load the tile of scan steps s0 .. s0+BLOCK_T-1 (those below s_end <= L) and run the recurrence from state
+    h0 (BLOCK_N, BLOCK_E).
 
     x_row etc. point at (direction, batch, channel block); A2 = A * log2(e) as (BLOCK_N, BLOCK_E).
     Returns the tile's inputs and its states hs (BLOCK_T, BLOCK_N, BLOCK_E), plus the drive b so that
@@ -56,7 +65,7 @@ def _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, flip, 
     """
     s = s0 + steps
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
-    mask_s = s < L
+    mask_s = s < s_end
     mask = mask_s[:, None] & mask_e[None, :]
     x = tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.).to(tl.float32)
     u, delta = _delta(dt_row, t * sdt_t, mask, bias, SOFTPLUS)
@@ -107,103 +116,159 @@ def _direction(d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A
 
 @triton.jit
 def _scan_fwd_kernel(
-        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr,
-        batch, L, E, N, n_ckpt,
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr, segsum_ptr, segh_ptr,
+        batch, L, E, N, n_ckpt, seg_len, n_seg,
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t,
-        NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
+        REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr,
 ):
-    # Grid: (cdiv(E, BLOCK_E), batch). Program (i, b) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of batch
-    # element b for the whole sequence and every direction; the state lives in registers.
+    # Grid: (cdiv(E, BLOCK_E), batch, segments). Program (i, b, j) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of
+    # batch element b for scan steps [j*seg_len, (j+1)*seg_len) of directions D_FIRST .. D_LAST-1; the state
+    # lives in registers.
+    # MODE 0: one segment (seg_len >= L), all directions in one program: the plain scan.
+    # MODE 1 (segmented, pass 1): from a zero state, the segment's end state -> segh (ndir, batch, n_seg, N, E)
+    #   and the sum of its deltas -> segsum (ndir, batch, n_seg, E); the segment's decay product is
+    #   exp(A * sum delta), so it costs no extra exponential per step. No output.
+    # MODE 2 (segmented, pass 2): combines the summaries of the segments before this one (j steps on an
+    #   (N, BLOCK_E) state) into the true entry state, then replays the segment and writes y (and checkpoints).
+    #   Programs of one direction write y at different segments than those of the other, so the bidirectional
+    #   scan launches pass 2 once per direction (D_FIRST, D_LAST) and the second launch adds the first's y.
     pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
+    pid_s = tl.program_id(2)
+    s_begin = pid_s * seg_len                                # a multiple of CKPT_TILES * BLOCK_T
+    s_end = tl.minimum(s_begin + seg_len, L)
     steps = tl.arange(0, BLOCK_T)
     out_row = out_ptr + pid_b * L * E + offs_e[None, :]
-    for d in tl.static_range(NDIR):
+    for d in tl.static_range(D_FIRST, D_LAST):
         flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
             sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E)
         A2 = A * LOG2E
+        seg_row = (d * batch + pid_b) * n_seg
         h = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
-        for tile in range(tl.cdiv(L, BLOCK_T)):
+        if MODE == 2:                                        # entry state from the earlier segments' summaries
+            for i in range(pid_s):
+                dsum = tl.load(segsum_ptr + (seg_row + i) * E + offs_e, mask=mask_e, other=0.)
+                h_i = tl.load(segh_ptr + ((seg_row + i) * N + offs_n[:, None]) * E + offs_e[None, :],
+                              mask=mask_ne, other=0.)
+                h = tl.exp2(A2 * dsum[None, :]) * h + h_i
+        dsum = tl.zeros((BLOCK_E,), tl.float32)
+        for tile in range(tl.cdiv(s_end - s_begin, BLOCK_T)):
+            s0 = s_begin + tile * BLOCK_T
             t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
-                x_row, dt_row, B_row, C_row, bias, A2, h, steps, tile * BLOCK_T, L, flip, mask_e, offs_n,
+                x_row, dt_row, B_row, C_row, bias, A2, h, steps, s0, L, s_end, flip, mask_e, offs_n,
                 mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
             h = _last(hs, steps, BLOCK_T)
-            y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
-            out_ptrs = out_row + t[:, None] * E
-            if d == 1:                                       # second direction: add the first, halve
-                y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
-            if HAS_Z and d == NDIR - 1:
-                zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
-                             other=0.).to(tl.float32)
-                y *= zt * tl.sigmoid(zt)
-            tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
-            if SAVE:                                         # state entering chunk k = (tile+1) / CKPT_TILES
-                k = (tile + 1) // CKPT_TILES
-                keep = ((tile + 1) % CKPT_TILES == 0) & (k <= n_ckpt)
-                ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
-                tl.store(ckpt + offs_e[None, :], h, mask=mask_ne & keep)
+            if MODE == 1:
+                dsum += tl.sum(delta, 0)
+            else:
+                y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
+                out_ptrs = out_row + t[:, None] * E
+                if d == 1:                                   # second direction: add the first, halve
+                    y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
+                if HAS_Z and d == NDIR - 1:
+                    zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
+                                 other=0.).to(tl.float32)
+                    y *= zt * tl.sigmoid(zt)
+                tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+                if SAVE:                                     # state entering chunk k = (tile+1) / CKPT_TILES
+                    k = (s0 // BLOCK_T + 1) // CKPT_TILES
+                    keep = ((s0 // BLOCK_T + 1) % CKPT_TILES == 0) & (k <= n_ckpt)
+                    ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
+                    tl.store(ckpt + offs_e[None, :], h, mask=mask_ne & keep)
+        if MODE == 1:
+            tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, dsum, mask=mask_e)
+            tl.store(segh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], h, mask=mask_ne)
         tl.debug_barrier()                                   # the next direction reads this one's output
 
 
 @triton.jit
 def _scan_bwd_kernel(
         x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
-        dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
-        batch, L, E, N, n_ckpt,
+        segsum_ptr, segdh_ptr, dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
+        batch, L, E, N, n_ckpt, seg_len, n_seg,
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
-        NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
+        REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr,
 ):
-    # Grid: (cdiv(E, BLOCK_E), batch), as the forward. dx, ddt, dz are written (own rows only); dB, dC
-    # (summed over channels) and dA, dD, dbias (summed over batch and time) are accumulated with atomics
-    # into fp32 buffers.
+    # Grid: (cdiv(E, BLOCK_E), batch, segments), as the forward; a segment is a whole number of checkpoint
+    # chunks. dx, ddt, dz are written (own rows only); dB, dC (summed over channels) and dA, dD, dbias (summed
+    # over batch and time) are accumulated with atomics into fp32 buffers.
+    # MODE 0: one segment, all directions per program.
+    # MODE 1 (segmented, pass 1): from dh = 0 after the segment, the reverse recurrence dh_s = C_s dy_s +
+    #   a_{s+1} dh_{s+1} alone (no states, one exponential per update) down to the segment's first step ->
+    #   segdh, and the sum of delta over steps s0+1 .. s1 of segment [s0, s1) -> segsum (the decay from dh_{s1}
+    #   to dh_{s0} is exp(A * that sum)). Nothing else is written.
+    # MODE 2 (segmented, pass 2): dh after the segment from the later segments' summaries, then the full
+    #   backward of the segment; launched once per direction (dz carries the first direction's y).
     pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
+    pid_s = tl.program_id(2)
+    s_begin = pid_s * seg_len
+    s_end = tl.minimum(s_begin + seg_len, L)
     steps = tl.arange(0, BLOCK_T)
     first = (steps == 0)[:, None, None]
     n_tiles = tl.cdiv(L, BLOCK_T)
     # This program's scratch: the states entering each tile of the current chunk, (CKPT_TILES, BLOCK_N, BLOCK_E).
-    scratch = (scratch_ptr + (pid_b * tl.num_programs(0) + pid_e) * CKPT_TILES * BLOCK_N * BLOCK_E
-               + offs_n[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
+    scratch = (scratch_ptr + ((pid_s * batch + pid_b) * tl.num_programs(0) + pid_e) * CKPT_TILES * BLOCK_N
+               * BLOCK_E + offs_n[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
     row = pid_b * L * E + offs_e[None, :]                   # dx, ddt, dz, out: contiguous (.., batch, L, E)
-    for d in tl.static_range(NDIR):
+    for d in tl.static_range(D_FIRST, D_LAST):
         flip = (d + REVERSE) % 2
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
             sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E)
         A2 = A * LOG2E
         dBC_row = (d * batch + pid_b) * L * N + offs_n[None, :]
+        seg_row = (d * batch + pid_b) * n_seg
         dh = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)        # dL/dh at the step after the current tile
+        if MODE == 2:                                        # dh after this segment, from the later ones
+            for ii in range(n_seg - 1 - pid_s):
+                i = n_seg - 1 - ii
+                dsum = tl.load(segsum_ptr + (seg_row + i) * E + offs_e, mask=mask_e, other=0.)
+                dh_i = tl.load(segdh_ptr + ((seg_row + i) * N + offs_n[:, None]) * E + offs_e[None, :],
+                               mask=mask_ne, other=0.)
+                dh = tl.exp2(A2 * dsum[None, :]) * dh + dh_i
         dA_acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         dD_acc = tl.zeros((BLOCK_E,), tl.float32)
         dbias_acc = tl.zeros((BLOCK_E,), tl.float32)
-        n_chunks = tl.cdiv(n_tiles, CKPT_TILES)
+        dsum = tl.zeros((BLOCK_E,), tl.float32)
+        k_begin = s_begin // (CKPT_TILES * BLOCK_T)
+        n_chunks = tl.cdiv(tl.cdiv(s_end, BLOCK_T), CKPT_TILES) - k_begin
         for kk in range(n_chunks):
-            k = n_chunks - 1 - kk                            # chunks last to first
-            ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
-            h = tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.)
+            k = k_begin + n_chunks - 1 - kk                  # chunks last to first
             tile0 = k * CKPT_TILES
             n_sub = tl.minimum(CKPT_TILES, n_tiles - tile0)
-            # Pass 1: recompute the state entering each tile of the chunk.
-            tl.store(scratch, h)
-            for j in range(1, n_sub):
-                hs = _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h, steps, (tile0 + j - 1) * BLOCK_T, L,
-                                  flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)[9]
-                h = _last(hs, steps, BLOCK_T)
-                tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
-            tl.debug_barrier()
+            if MODE != 1:
+                # Pass 1: recompute the state entering each tile of the chunk.
+                ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
+                h = tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.)
+                tl.store(scratch, h)
+                for j in range(1, n_sub):
+                    hs = _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h, steps, (tile0 + j - 1) * BLOCK_T,
+                                      L, L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)[9]
+                    h = _last(hs, steps, BLOCK_T)
+                    tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
+                tl.debug_barrier()
             # Pass 2: tiles in reverse, each recomputed from its entering state.
             for jj in range(n_sub):
                 j = n_sub - 1 - jj
                 s0 = (tile0 + j) * BLOCK_T
-                h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
-                t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
-                    x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, flip, mask_e, offs_n, mask_n,
-                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
-                y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
+                if MODE == 1:                                # only what the dh recurrence needs
+                    t = flip * (L - 1) + (1 - 2 * flip) * (s0 + steps)
+                    mask = ((s0 + steps) < L)[:, None] & mask_e[None, :]
+                    Ct = tl.load(C_row + t[:, None] * sC_t + offs_n[None, :],
+                                 mask=((s0 + steps) < L)[:, None] & mask_n[None, :], other=0.).to(tl.float32)
+                else:
+                    h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
+                    t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
+                        x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
+                        sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+                    y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
                 do = tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
                              other=0.).to(tl.float32)
                 if HAS_Z:
@@ -211,12 +276,13 @@ def _scan_bwd_kernel(
                                  other=0.).to(tl.float32)
                     sig = tl.sigmoid(zt)
                     dy = do * zt * sig / NDIR
-                    dz_ptrs = dz_ptr + row + t[:, None] * E
-                    if d == 1:                               # y of the first direction, parked in dz
-                        y = (y + tl.load(dz_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
-                    if d == NDIR - 1:
-                        y = do * y * sig * (1. + zt * (1. - sig))
-                    tl.store(dz_ptrs, y.to(dz_ptr.dtype.element_ty), mask=mask)
+                    if MODE != 1:
+                        dz_ptrs = dz_ptr + row + t[:, None] * E
+                        if d == 1:                           # y of the first direction, parked in dz
+                            y = (y + tl.load(dz_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
+                        if d == NDIR - 1:
+                            y = do * y * sig * (1. + zt * (1. - sig))
+                        tl.store(dz_ptrs, y.to(dz_ptr.dtype.element_ty), mask=mask)
                 else:
                     dy = do / NDIR
                 # dh_s = C_s dy_s + a_{s+1} dh_{s+1}: a_{s+1} from dt one step further in scan order.
@@ -228,39 +294,92 @@ def _scan_bwd_kernel(
                 g = tl.where((steps == BLOCK_T - 1)[:, None, None], g + a_next * dh[None, :, :], g)
                 dhs = tl.associative_scan((a_next, g), 0, _combine, reverse=True)[1]
                 dh = tl.sum(tl.where(first, dhs, 0.), 0)
-                ah = hs - b                                  # a_s h_{s-1}
-                dA_acc += tl.sum(dhs * ah * delta[:, None, :], 0)
-                dhB = tl.sum(dhs * Bt[:, :, None], 1)
-                ddelta = tl.sum(dhs * ah * A[None, :, :], 1) + x * dhB
-                du = ddelta
-                if SOFTPLUS:
-                    du = tl.where(u > 20., ddelta, ddelta * tl.sigmoid(u))
-                du = tl.where(mask, du, 0.)
-                dD_acc += tl.sum(dy * x, 0)
-                dbias_acc += tl.sum(du, 0)
-                tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
-                         (delta * dhB + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty), mask=mask)
-                tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
-                         mask=mask)
-                mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
-                tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, tl.sum(dhs * (delta * x)[:, None, :], 2),
-                              mask=mask_bc)
-                tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, tl.sum(hs * dy[:, None, :], 2), mask=mask_bc)
-            tl.debug_barrier()                               # the next chunk overwrites the scratch
-        tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne)
-        tl.atomic_add(dD_ptr + d * E + offs_e, dD_acc, mask=mask_e)
-        tl.atomic_add(dbias_ptr + d * E + offs_e, dbias_acc, mask=mask_e)
+                if MODE == 1:
+                    dsum += tl.sum(delta_next, 0)            # steps s0+1 .. s1 (s1: the next segment's first)
+                else:
+                    ah = hs - b                              # a_s h_{s-1}
+                    dA_acc += tl.sum(dhs * ah * delta[:, None, :], 0)
+                    dhB = tl.sum(dhs * Bt[:, :, None], 1)
+                    ddelta = tl.sum(dhs * ah * A[None, :, :], 1) + x * dhB
+                    du = ddelta
+                    if SOFTPLUS:
+                        du = tl.where(u > 20., ddelta, ddelta * tl.sigmoid(u))
+                    du = tl.where(mask, du, 0.)
+                    dD_acc += tl.sum(dy * x, 0)
+                    dbias_acc += tl.sum(du, 0)
+                    tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
+                             (delta * dhB + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty), mask=mask)
+                    tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
+                             mask=mask)
+                    mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
+                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, tl.sum(dhs * (delta * x)[:, None, :], 2),
+                                  mask=mask_bc)
+                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, tl.sum(hs * dy[:, None, :], 2),
+                                  mask=mask_bc)
+            if MODE != 1:
+                tl.debug_barrier()                           # the next chunk overwrites the scratch
+        if MODE == 1:
+            tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, dsum, mask=mask_e)
+            tl.store(segdh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], dh, mask=mask_ne)
+        else:
+            tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne)
+            tl.atomic_add(dD_ptr + d * E + offs_e, dD_acc, mask=mask_e)
+            tl.atomic_add(dbias_ptr + d * E + offs_e, dbias_acc, mask=mask_e)
 
 
-# Launch parameters (bench/kernel_notes.md has the measurements), read when the forward runs; its backward uses
-# the same. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes; the channel block of each
-# pass is free, since checkpoints are stored per channel, not per program.
-SCAN_CONFIG = dict(BLOCK_T=4, CKPT_TILES=16, num_warps=1, BLOCK_E_FWD=16, BLOCK_E_BWD=16)
+# Launch parameters (bench/kernel_notes.md has the measurements). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape
+# (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
+# the channel block of each pass is free, since checkpoints are stored per channel, not per program.
+# Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
+# split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
+# most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
+# segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
+SCAN_CONFIG = dict(BLOCK_T=4, CKPT_TILES=16, num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
+                   SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
+
+
+def _sm_count(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
+
+
+def _segments(cfg, programs, L, device):
+    """(seg_len, n_seg) for a launch of ``programs`` programs per segment: one segment (seg_len >= L) when the
+    programs fill the GPU, else segments of whole checkpoint chunks."""
+    chunk = cfg['CKPT_TILES'] * cfg['BLOCK_T']
+    n_chunks = triton.cdiv(L, chunk)
+    min_programs = cfg['SEG_MIN_PROGRAMS'] or 2 * _sm_count(device)
+    if programs >= min_programs or n_chunks < 2:
+        return n_chunks * chunk, 1
+    max_seg = cfg['SEG_MAX'] or max(2, math.isqrt(L // cfg['BLOCK_T']))
+    want = min(n_chunks, triton.cdiv(cfg['SEG_TARGET_PROGRAMS'], programs), max_seg)
+    seg_len = triton.cdiv(n_chunks, want) * chunk
+    return seg_len, triton.cdiv(L, seg_len)
+
+
+def launch_config(batch, L, E, device, cfg=None):
+    """Channel blocks of the two passes, and each pass's segments: (BLOCK_E_FWD, (seg_len, n_seg) forward,
+    BLOCK_E_BWD, (seg_len, n_seg) backward). Measured on an H100: the forward is fastest with 32 channels per
+    one-warp program (N in each thread, no shuffles for y), the backward with 16 (8 and 32 measured slower); where
+    batch x channel blocks leaves the GPU short of programs, the sequence is segmented instead of shrinking
+    the blocks."""
+    cfg = SCAN_CONFIG if cfg is None else cfg
+    be_f = cfg['BLOCK_E_FWD'] or 32
+    be_b = cfg['BLOCK_E_BWD'] or 16
+    return (be_f, _segments(cfg, batch * triton.cdiv(E, be_f), L, device),
+            be_b, _segments(cfg, batch * triton.cdiv(E, be_b), L, device))
 
 
 def _strides(x, dt, B, C, z):
     return (*x.stride()[:3], *dt.stride()[:3], *B.stride()[:3], *C.stride()[:3],
             *(z.stride()[:2] if z is not None else (0, 0)))
+
+
+def _passes(ndir, n_seg):
+    """(MODE, D_FIRST, D_LAST) of each launch: one plain launch, or a summary launch over
+    all directions and a replay launch per direction (see the kernels' comments)."""
+    if n_seg == 1:
+        return [(0, 0, ndir)]
+    return [(1, 0, ndir)] + [(2, d, d + 1) for d in range(ndir)]
 
 
 class SelectiveScanFn(torch.autograd.Function):
@@ -275,23 +394,28 @@ class SelectiveScanFn(torch.autograd.Function):
         cfg = dict(SCAN_CONFIG)
         chunk = cfg['CKPT_TILES'] * cfg['BLOCK_T']
         n_ckpt = triton.cdiv(L, chunk) - 1 if any(ctx.needs_input_grad) else 0
+        block_e, (seg_len, n_seg), *bwd_launch = launch_config(batch, L, E, x.device, cfg)
+        f32 = dict(dtype=torch.float32, device=x.device)
         out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
-        ckpt = torch.empty((ndir, batch, n_ckpt, N, E), dtype=torch.float32, device=x.device)
-        grid = (triton.cdiv(E, cfg['BLOCK_E_FWD']), batch)
-        _scan_fwd_kernel[grid](
-            x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-            out, ckpt, batch, L, E, N, n_ckpt, *_strides(x, dt, B, C, z),
-            NDIR=ndir, REVERSE=reverse, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-            SOFTPLUS=softplus, SAVE=n_ckpt > 0, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E_FWD'],
-            BLOCK_N=triton.next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
+        ckpt = torch.empty((ndir, batch, n_ckpt, N, E), **f32)
+        segsum = torch.empty((ndir, batch, n_seg, E) if n_seg > 1 else (1,), **f32)
+        segh = torch.empty((ndir, batch, n_seg, N, E) if n_seg > 1 else (1,), **f32)
+        for mode, d_first, d_last in _passes(ndir, n_seg):
+            _scan_fwd_kernel[(triton.cdiv(E, block_e), batch, n_seg)](
+                x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
+                out, ckpt, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z),
+                NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
+                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=n_ckpt > 0,
+                BLOCK_T=cfg['BLOCK_T'], BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(N),
+                CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt)
-        ctx.flags = (softplus, reverse, cfg)
+        ctx.flags = (softplus, reverse, cfg, bwd_launch)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, dt, A, B, C, D, z, dt_bias, ckpt = ctx.saved_tensors
-        softplus, reverse, cfg = ctx.flags
+        softplus, reverse, cfg, (block_e, (seg_len, n_seg)) = ctx.flags
         dout = unit_last_stride(dout)
         ndir, batch, L, E = x.shape
         N = A.shape[-1]
@@ -301,16 +425,19 @@ class SelectiveScanFn(torch.autograd.Function):
         dz = torch.empty(z.shape, dtype=z.dtype, device=x.device) if z is not None else None
         dA, dD, dbias = torch.zeros(A.shape, **f32), torch.zeros((ndir, E), **f32), torch.zeros((ndir, E), **f32)
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
-        grid = (triton.cdiv(E, cfg['BLOCK_E_BWD']), batch)
+        grid = (triton.cdiv(E, block_e), batch, n_seg)
         BLOCK_N = triton.next_power_of_2(N)
-        scratch = torch.empty(grid[0] * batch * cfg['CKPT_TILES'] * BLOCK_N * cfg['BLOCK_E_BWD'], **f32)
-        _scan_bwd_kernel[grid](
-            x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-            dout, ckpt, scratch, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
-            batch, L, E, N, ckpt.shape[2], *_strides(x, dt, B, C, z), *dout.stride()[:2],
-            NDIR=ndir, REVERSE=reverse, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-            SOFTPLUS=softplus, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E_BWD'], BLOCK_N=BLOCK_N,
-            CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
+        scratch = torch.empty(grid[0] * batch * n_seg * cfg['CKPT_TILES'] * BLOCK_N * block_e, **f32)
+        segsum = torch.empty((ndir, batch, n_seg, E) if n_seg > 1 else (1,), **f32)
+        segdh = torch.empty((ndir, batch, n_seg, N, E) if n_seg > 1 else (1,), **f32)
+        for mode, d_first, d_last in _passes(ndir, n_seg):
+            _scan_bwd_kernel[grid](
+                x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
+                dout, ckpt, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
+                batch, L, E, N, ckpt.shape[2], seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
+                NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
+                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_T=cfg['BLOCK_T'],
+                BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
 

@@ -30,6 +30,7 @@ def _setup(monkeypatch):
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_E_BWD', 16)
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_T', 4)
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'CKPT_TILES', 2)
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MIN_PROGRAMS', 1)   # unsegmented unless a test asks
         monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_T', 8)
         monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_E', 8)
     else:           # poison the allocator's cache so an unwritten output element shows as NaN
@@ -115,6 +116,49 @@ def test_selective_scan(reverse, options, dtype):
                                          kw.get('D'), kw.get('z'), kw.get('dt_bias'), options != 'bare', reverse)
         return fn
     compare(run(triton_ops), run(reference), [pool[n] for n in names[options]], dtype, names[options])
+
+
+SEG_SHAPES = [(1, 29, 12, 4)] if INTERPRET else [(1, 1000, 32, 16), (3, 700, 100, 16)]
+
+
+@pytest.mark.parametrize('shape', SEG_SHAPES)
+@pytest.mark.parametrize('case', ['bidir_fp32', 'bidir_bf16', 'reverse_fp32'])
+def test_segmented_scan(monkeypatch, shape, case):
+    """The segmented (two-pass) scan, forced at any shape: the sequence split into segments of whole checkpoint
+    chunks (several segments, a partial last one), forward and backward, against the float64 reference."""
+    monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MIN_PROGRAMS', 1 << 30)
+    monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_TARGET_PROGRAMS', 1 << 30)   # one chunk per segment
+    monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MAX', 1 << 30)
+    batch, L, E, N = shape
+    cfg = triton_scan.launch_config(batch, L, E, torch.device(DEVICE))
+    assert cfg[1][1] > 2 and cfg[3][1] > 2, cfg
+    dtype = torch.bfloat16 if case.endswith('bf16') else torch.float32
+    if case.startswith('bidir'):
+        def run(module):
+            return lambda *t: module.bidirectional_scan(*split_scan(*t, E, N, 0))
+        compare(run(triton_ops), run(reference), scan_leaves((2,), batch, L, E, N, dtype), dtype,
+                ['x', 'dt', 'A', 'B/C', 'D', 'z', 'dt_bias'])
+    else:
+        def run(module):
+            return lambda x, dt, A, BC, D, z, bias: module.selective_scan(x, dt, A, BC[..., :N], BC[..., N:], D, z,
+                                                                          bias, True, True)
+        compare(run(triton_ops), run(reference), scan_leaves((), batch, L, E, N, dtype), dtype,
+                ['x', 'dt', 'A', 'BC', 'D', 'z', 'dt_bias'])
+
+
+def test_launch_config_segments_small_batches():
+    """Batch x channel blocks below the threshold: segments of whole checkpoint chunks covering L."""
+    cfg = dict(triton_scan.SCAN_CONFIG, BLOCK_T=4, CKPT_TILES=16, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
+               SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
+    cpu = torch.device('cpu')
+    be_f, (seg_f, n_f), be_b, (seg_b, n_b) = triton_scan.launch_config(128, 197, 384, cpu, cfg)
+    assert (be_f, n_f, be_b, n_b) == (32, 1, 16, 1) and seg_f >= 197
+    be_f, (seg_f, n_f), be_b, (seg_b, n_b) = triton_scan.launch_config(8, 6085, 384, cpu, cfg)
+    for seg, n in ((seg_f, n_f), (seg_b, n_b)):
+        assert seg % 64 == 0 and n > 1 and (n - 1) * seg < 6085 <= n * seg
+    assert 8 * 12 * n_f >= 2 * 132 and 8 * 24 * n_b >= 2 * 132 and (n_f, n_b) == (32, 16)
+    _, (seg_f, n_f), _, _ = triton_scan.launch_config(1, 65536, 32, cpu, cfg)   # capped at sqrt(L / BLOCK_T)
+    assert n_f == 128 and seg_f == 512
 
 
 def test_scan_channel_strided_input_is_copied():

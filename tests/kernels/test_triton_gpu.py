@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernel_cases import *  # noqa: F401,F403  (the cases, collected here with the gpu mark)
-from kernel_cases import assert_close, scan_leaves, split_scan
+from kernel_cases import assert_close, compare, scan_leaves, split_scan
 from vim.kernels import reference, triton_ops
 
 pytestmark = [pytest.mark.gpu,
@@ -23,3 +23,17 @@ def test_bidirectional_scan_long_sequence():
     for name, a, b in zip('x dt A BC D z dt_bias'.split(), torch.autograd.grad(out, leaves, g),
                           torch.autograd.grad(ref, ref_leaves, g.cpu().double())):
         assert_close(a.cpu(), b, 1e-4, f'grad of {name}')
+
+
+@pytest.mark.parametrize('shape', [(2, 333, 100, 16), (4, 197, 384, 16)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_bidirectional_scan_unsegmented(monkeypatch, shape, dtype):
+    """The plain (one-segment) launch at the shape-picked channel blocks: the GPU cases above are small enough
+    to be segmented, so this forces the path that large batches take."""
+    from vim.kernels import triton_scan
+    monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MIN_PROGRAMS', 1)
+    batch, L, E, N = shape
+    assert triton_scan.launch_config(batch, L, E, torch.device('cuda'))[1][1] == 1
+    leaves = scan_leaves((2,), batch, L, E, N, dtype)
+    run = (lambda module: lambda *t: module.bidirectional_scan(*split_scan(*t, E, N, 0)))
+    compare(run(triton_ops), run(reference), leaves, dtype, ['x', 'dt', 'A', 'B/C', 'D', 'z', 'dt_bias'])

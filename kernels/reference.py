@@ -84,8 +84,9 @@ def _scan_chunk(h, dt, x, B, C, A, reverse: bool):
     Returns the chunk's <C_t, h_t> (T, batch, E) and the state leaving it."""
     decay = torch.exp(dt.unsqueeze(-1) * A)                    # (T, batch, E, N)
     drive = (dt * x).unsqueeze(-1) * B.unsqueeze(2)            # (T, batch, E, N)
-    states = [h] * decay.shape[0]
-    for t in (range(decay.shape[0] - 1, -1, -1) if reverse else range(decay.shape[0])):
+    decay, drive = decay.unbind(0), drive.unbind(0)     # unbind, not indexing: one gradient stack, not T
+    states = [h] * len(decay)
+    for t in (range(len(decay) - 1, -1, -1) if reverse else range(len(decay))):
         h = torch.addcmul(drive[t], decay[t], h)
         states[t] = h
     return torch.einsum('tben,tbn->tbe', torch.stack(states), C), h

@@ -5,6 +5,7 @@ A checkpoint keeps the envelope of the released Vim checkpoints (``model``, ``mo
 step, the position inside the epoch, best metric, every process's RNG state and the resolved config.
 Everything is stored as tensors and plain Python values, so it loads with ``weights_only=True``.
 """
+import argparse
 import os
 import pickle
 import random
@@ -59,7 +60,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     size = os.path.getsize(path)
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        # released hustvl/Vim envelopes pickle an argparse.Namespace under 'args' (see vim.checkpoint)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(
             f"cannot read checkpoint {path} ({size} bytes): the file is truncated or not a PyTorch "

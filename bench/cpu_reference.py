@@ -64,7 +64,7 @@ def main():
                torch.randn(batch, L, N), torch.randn(batch, L, N), torch.randn(E), torch.randn(batch, L, E),
                torch.randn(E))
         with torch.inference_mode():
-            for chunk in (16, 64, L):
+            for chunk in (16, 32, 64, 128, L):
                 t = best_of(lambda: reference.selective_scan(*inp, chunk=chunk))
                 name = 'whole sequence at once' if chunk == L else f'chunks of {chunk}'
                 lines.append(f'| sequential steps, {name} | {batch} | {t * 1e3:.1f} |')

@@ -30,7 +30,7 @@ def selective_scan(
         dt_bias: Optional[torch.Tensor] = None,
         dt_softplus: bool = True,
         reverse: bool = False,
-        chunk: int = 16,
+        chunk: int = 64,
 ) -> torch.Tensor:
     """Mamba's S6 selective scan (ZOH discretisation, diagonal real A).
 

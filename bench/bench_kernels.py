@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import triton
 
 from vim.kernels import reference, triton_ops, triton_scan
+from report import emit, finish
 
 N = 16
 SHAPES = [  # (name, batch, L, E)
@@ -227,8 +228,7 @@ def sweep(shapes):
             triton_scan.SCAN_CONFIG.update(change)
             f = timed(lambda: triton_ops.bidirectional_scan(*args))
             fb = timed(fwd_bwd(triton_ops.bidirectional_scan, args))
-            lines.append(f'| {name} b{batch} L{L} E{E} bidir | {label} | {f:.3f} | {fb:.3f} |')
-            print(lines[-1], flush=True)
+            emit(lines, f'| {name} b{batch} L{L} E{E} bidir | {label} | {f:.3f} | {fb:.3f} |')
     triton_scan.SCAN_CONFIG.update(saved)
     return lines
 
@@ -269,14 +269,9 @@ def main():
         official_ms = {op: ms for op, impl, ms, _ in rows if impl == 'official'}
         for op, impl, ms, floor in rows:
             ratio = f'{official_ms[op] / ms:.2f}x' if op in official_ms and impl != 'official' else ''
-            lines.append(f'| {name} b{batch} L{L} E{E} | {op} | {impl} | {ms:.3f} | {floor:.3f} | '
+            emit(lines, f'| {name} b{batch} L{L} E{E} | {op} | {impl} | {ms:.3f} | {floor:.3f} | '
                          f'{floor / ms:.2f} | {ratio} |')
-            print(lines[-1], flush=True)
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+    finish(lines, args.out)
 
 
 if __name__ == '__main__':

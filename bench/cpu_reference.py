@@ -12,6 +12,7 @@ import torch
 
 import vim
 from vim.kernels import reference
+from report import emit, finish
 
 
 def best_of(fn, repeats=3):
@@ -54,8 +55,7 @@ def main():
         images = torch.randn(batch, 3, 224, 224)
         with torch.inference_mode():
             t = best_of(lambda: model(images))
-        lines.append(f'| reference path | {batch} | {t / batch:.3f} |')
-        print(lines[-1], flush=True)
+        emit(lines, f'| reference path | {batch} | {t / batch:.3f} |')
 
     E, N, L = 384, 16, 197
     lines += ['', f'| scan formulation (one direction, E={E}, N={N}, L={L}) | batch | ms |', '| --- | --- | --- |']
@@ -67,16 +67,10 @@ def main():
             for chunk in (16, 32, 64, 128, L):
                 t = best_of(lambda: reference.selective_scan(*inp, chunk=chunk))
                 name = 'whole sequence at once' if chunk == L else f'chunks of {chunk}'
-                lines.append(f'| sequential steps, {name} | {batch} | {t * 1e3:.1f} |')
-                print(lines[-1], flush=True)
+                emit(lines, f'| sequential steps, {name} | {batch} | {t * 1e3:.1f} |')
             t = best_of(lambda: parallel_prefix_scan(*inp))
-            lines.append(f'| parallel prefix (Hillis-Steele) | {batch} | {t * 1e3:.1f} |')
-            print(lines[-1], flush=True)
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+            emit(lines, f'| parallel prefix (Hillis-Steele) | {batch} | {t * 1e3:.1f} |')
+    finish(lines, args.out)
 
 
 if __name__ == '__main__':

@@ -28,9 +28,9 @@ timeout $T1 compute-sanitizer --tool memcheck --print-limit 20 python3 -P -m pyt
   > /tmp/logs/memcheck.log 2>&1 &
 if [ "${BENCH:-1}" = 1 ]; then
   for s in 0 1 2 3; do   # bench warm-ups (timings discarded): compile the kernels phase 2 times
-    timeout $T1 python3 -P bench/bench_kernels.py --scan-only --no-reference --shapes $s > /tmp/logs/warm$s.log 2>&1 &
+    timeout $T1 python3 bench/bench_kernels.py --scan-only --no-reference --shapes $s > /tmp/logs/warm$s.log 2>&1 &
   done
-  timeout $T1 python3 -P bench/bench_kernels.py --sweep-only --shapes 0,1 > /tmp/logs/warm_sweep.log 2>&1 &
+  timeout $T1 python3 bench/bench_kernels.py --sweep-only --shapes 0,1 > /tmp/logs/warm_sweep.log 2>&1 &
 fi
 wait
 for i in $(seq 0 $((NSH - 1))); do grep -E 'passed|failed|FAILED|error' /tmp/logs/shard$i.log || echo "shard $i: no summary (timed out?)"; done > "$OUT/gpu_tests.log"
@@ -39,6 +39,6 @@ grep -E "passed|failed|error" "$OUT/gpu_tests.log"
 tail -30 /tmp/logs/memcheck.log > "$OUT/memcheck.log"; tail -4 "$OUT/memcheck.log"
 [ "${BENCH:-1}" = 1 ] || exit 0
 cat /tmp/logs/warm*.log > "$OUT/warmup.log"
-timeout ${T2:-70} python3 -P bench/bench_kernels.py --scan-only --no-reference --sweep --shapes 0,1,2,3 \
+timeout ${T2:-70} python3 bench/bench_kernels.py --scan-only --no-reference --sweep --shapes 0,1,2,3 \
   --out "$OUT/bench.md" > "$OUT/bench.log" 2>&1
 cat "$OUT/bench.log"

@@ -14,6 +14,7 @@ import timm
 import torch
 
 import vim  # noqa: F401  registers vim_*
+from report import emit, finish
 
 CASES = [(224, 256), (1248, 8)]
 MODELS = ['deit_tiny_patch16_224', 'vim_tiny_patch16_224', 'deit_small_patch16_224', 'vim_small_patch16_224']
@@ -58,19 +59,14 @@ def main():
                 try:
                     ips, peak = throughput(name, size, batch, backend)
                 except torch.cuda.OutOfMemoryError:
-                    lines.append(f'| {name} | {backend or "fused attn"} | {size} | {batch} | OOM | | |')
+                    emit(lines, f'| {name} | {backend or "fused attn"} | {size} | {batch} | OOM | | |')
                     continue
                 family = name.split('_')[1]
                 if name.startswith('deit'):
                     deit[family] = ips
                 ratio = f'{ips / deit[family]:.2f}x' if family in deit and not name.startswith('deit') else ''
-                lines.append(f'| {name} | {backend or "fused attn"} | {size} | {batch} | {ips:.0f} | {peak:.2f} | {ratio} |')
-                print(lines[-1], flush=True)
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+                emit(lines, f'| {name} | {backend or "fused attn"} | {size} | {batch} | {ips:.0f} | {peak:.2f} | {ratio} |')
+    finish(lines, args.out)
 
 
 if __name__ == '__main__':

@@ -26,6 +26,8 @@ import sys
 import pytest
 import timm
 
+import vim  # noqa: F401  registers vim_* (for VIM_TIMM_TEST_MODELS=all)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXCLUDE = 'not torchscript and not test_model_load_pretrained'
 DEFAULT_MODELS = 'vim_tiny_patch16_224'

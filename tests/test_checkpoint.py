@@ -9,7 +9,7 @@ import timm
 import torch
 
 import vim
-from vim.checkpoint import convert_checkpoint, main as convert_main, unwrap_state_dict
+from vim.checkpoint import CheckpointError, convert_checkpoint, main as convert_main, unwrap_state_dict
 from released_vim import released_forward
 
 SMALL = dict(embed_dim=32, depth=2)
@@ -114,7 +114,7 @@ def test_foreign_and_corrupt_checkpoints_get_clear_errors(tmp_path, released_fil
     truncated.write_bytes(open(released_file[0], 'rb').read()[:1000])
     with pytest.raises(Exception):
         load(str(truncated), img_size=64, num_classes=10)
-    with pytest.raises(RuntimeError, match='truncated'):
+    with pytest.raises(CheckpointError, match=r'\(1000 bytes\): the file is truncated'):
         convert_checkpoint(str(truncated), str(tmp_path / 'out.safetensors'))
 
 
@@ -125,7 +125,7 @@ def test_convert_tool_writes_loadable_safetensors(tmp_path, released_file, capsy
     assert dst.exists() and '"tensors"' in capsys.readouterr().out
     model = load(str(dst), img_size=64, num_classes=10)
     torch.testing.assert_close(model.norm_f.weight, envelope['model_ema']['norm_f.weight'])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match='no checkpoint at'):
         convert_checkpoint(str(tmp_path / 'missing.pth'), str(dst))
 
 

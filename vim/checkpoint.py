@@ -75,18 +75,27 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model) -> Dict[str, torch.T
     return state_dict
 
 
-def load_checkpoint_file(path: str) -> Dict[str, Any]:
-    """torch.load / safetensors load with a clear error for a missing, truncated or foreign file."""
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or does not belong to the model being built."""
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """torch.load (weights_only) or safetensors load, with a clear error for a missing, truncated or
+    foreign file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'No checkpoint file at {path!r}.')
+        raise CheckpointError(f'no checkpoint at {path}')
+    size = os.path.getsize(path)
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
             return load_file(path, device='cpu')
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f'Cannot read checkpoint {path!r} (truncated or not a PyTorch checkpoint?): {e}') from e
+    except Exception as err:
+        first_line = str(err).splitlines()[0] if str(err) else ''
+        raise CheckpointError(
+            f'cannot read checkpoint {path} ({size} bytes): the file is truncated or not a PyTorch '
+            f'checkpoint ({type(err).__name__}: {first_line})') from err
 
 
 def convert_checkpoint(src: str, dst: str, model_name: Optional[str] = None, use_ema: bool = True) -> Dict[str, Any]:
@@ -95,7 +104,7 @@ def convert_checkpoint(src: str, dst: str, model_name: Optional[str] = None, use
     import timm
     from safetensors.torch import save_file
 
-    state_dict = unwrap_state_dict(load_checkpoint_file(src), use_ema=use_ema)
+    state_dict = unwrap_state_dict(read_checkpoint(src), use_ema=use_ema)
     state_dict = {k: v.contiguous() for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     report = {'source': src, 'destination': dst, 'tensors': len(state_dict),
               'parameters': sum(v.numel() for v in state_dict.values())}

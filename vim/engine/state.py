@@ -5,24 +5,19 @@ A checkpoint keeps the envelope of the released Vim checkpoints (``model``, ``mo
 step, the position inside the epoch, best metric, every process's RNG state and the resolved config.
 Everything is stored as tensors and plain Python values, so it loads with ``weights_only=True``.
 """
-import argparse
 import os
-import pickle
 import random
-import zipfile
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError, read_checkpoint
+
 __all__ = ['CheckpointError', 'FORMAT', 'save_atomic', 'load_checkpoint', 'check_compatible',
            'load_model_state', 'capture_rng', 'restore_rng']
 
 FORMAT = 'vim-train/1'
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated, or does not belong to the model being built."""
 
 
 def save_atomic(obj: Dict[str, Any], path: str) -> None:
@@ -56,17 +51,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint file, with a clear error for a missing, truncated or foreign file."""
     if os.path.isdir(path):
         path = os.path.join(path, 'last.pth')
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    size = os.path.getsize(path)
-    try:
-        # released hustvl/Vim envelopes pickle an argparse.Namespace under 'args' (see vim.checkpoint)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({size} bytes): the file is truncated or not a PyTorch "
-            f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         got = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a training checkpoint: expected a dict with a 'model' entry, got {got}")

@@ -73,6 +73,7 @@ class OfficialScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias):
         import selective_scan_cuda
+        B, C = B.unsqueeze(1), C.unsqueeze(1)                           # one group: (b, 1, N, L)
         out, x, *rest = selective_scan_cuda.fwd(u, delta, A, B, C, D, z, bias, True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, x, out)
         return rest[0]
@@ -83,7 +84,7 @@ class OfficialScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, bias, x, out = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dbias, dz, *_ = selective_scan_cuda.bwd(
             u, delta, A, B, C, D, z, bias, dout.contiguous(), x, out, None, True, False)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias
+        return du, ddelta, dA, dB.squeeze(1), dC.squeeze(1), dD, dz, dbias
 
 
 def official_available():
@@ -212,7 +213,6 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
     ('seg target 6144', dict(SEG_TARGET_PROGRAMS=6144)),
     ('segmented always, target 12288', dict(SEG_MIN_PROGRAMS=1 << 30, SEG_TARGET_PROGRAMS=12288)),
     ('CKPT_TILES 8', dict(CKPT_TILES=8)),
-    ('BLOCK_T 8', dict(BLOCK_T=8)),
     ('2 warps', dict(num_warps=2)),
 ]
 

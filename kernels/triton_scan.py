@@ -5,12 +5,12 @@ D, dt_bias (ndir, E); z (batch, L, E); channels contiguous, other strides free. 
 and 2 for the bidirectional scan of a Vim mixer, whose directions run one after the other in the same program
 and whose outputs are summed, halved and gated in the kernel.
 
-A program owns BLOCK_E channels of one batch element and walks the sequence in tiles of BLOCK_T steps.
-Per tile it loads (BLOCK_T, BLOCK_E) rows of x and dt (one load latency per tile, not per step), builds the
-decays a = exp(delta * A) and drives b = delta * x * B as (BLOCK_T, BLOCK_N, BLOCK_E) fp32 tensors and runs
-h_s = a_s * h_{s-1} + b_s along the tile with an associative scan whose axis lies inside each thread, so it
-is a plain sequential loop over registers. ``s`` counts steps in scan order: time t = s forward, L-1-s in
-reverse, so the reverse direction reads the sequence backwards instead of flipping it.
+A program owns BLOCK_E channels of one batch element and all N states of each, h as (BLOCK_N, BLOCK_E) fp32
+registers, and walks the sequence in tiles of 4 steps. A tile's x, dt, z, B and C are loaded as 2-D tiles
+through a software pipeline (``tl.range(num_stages=...)``: the loads of later tiles are in flight while this one
+computes), split into rows, and the recurrence h_s = exp(delta_s A) h_{s-1} + delta_s x_s B_s runs row by row:
+one exponential and four multiply-adds per state update. ``s`` counts steps in scan order: time t = s forward,
+L-1-s in reverse, so the reverse direction reads the sequence backwards instead of flipping it.
 
 Segmented scan (long sequences, few batch elements x channel blocks: b8 L6085 gives 96 programs for 132 SMs):
 the sequence is cut into segments of whole checkpoint chunks, one program per (channel block, batch element,
@@ -18,11 +18,12 @@ segment). Pass 1 runs each segment from a zero state and keeps its end state and
 segment's decay is exp(A * sum delta)); pass 2 folds the earlier segments' summaries into the true entry state
 and replays the segment. The backward does the same with dh, in reverse. launch_config picks it by shape.
 
-Backward: the forward (when autograd needs it) stores the state every CKPT_TILES * BLOCK_T steps. The backward
+Backward: the forward (when autograd needs it) stores the state every CKPT_TILES * 4 steps. The backward
 walks those chunks last to first: it recomputes the states entering each tile of the chunk from the chunk's
 checkpoint (kept in a small per-program scratch buffer), then sweeps the tiles in reverse, recomputing each
-tile's states and scanning dh_s = C_s dy_s + a_{s+1} dh_{s+1} backwards. It never inverts the recurrence:
-a_s h_{s-1} = h_s - b_s is all it needs of the previous state.
+tile's states and decays row by row and running dh_s = C_s dy_s + a_{s+1} dh_{s+1} back over the rows; a_{s+1}
+is the decay of the row after (carried over from the tile after), so each state update costs one exponential
+per pass. It never inverts the recurrence: the previous state is kept, not reconstructed.
 """
 import math
 
@@ -33,19 +34,33 @@ import triton.language as tl
 from .triton_common import check, unit_last_stride
 
 LOG2E = tl.constexpr(1.4426950408889634)
+BLOCK_T = 4                                                  # steps per tile: _rows splits a tile into 4 rows
 
 
 @triton.jit
-def _combine(a1, b1, a2, b2):
-    # Composition of the affine maps h -> a1 h + b1 (first) and h -> a2 h + b2 (second).
-    return a1 * a2, a2 * b1 + b2
+def _rows(tile):
+    """The 4 rows of a (4, X) tile as (X,) tensors. Two splits of the transposed tile: each row comes out in the
+    layout of the state's channel (or state) axis, through one shared-memory exchange instead of a masked sum
+    (a cross-lane reduction) per row."""
+    X: tl.constexpr = tile.shape[1]
+    even, odd = tl.split(tl.reshape(tl.trans(tile), (X, 2, 2)))   # rows (0, 2) and (1, 3), as (X, 2)
+    r0, r2 = tl.split(even)
+    r1, r3 = tl.split(odd)
+    return r0, r1, r2, r3
+
+
+@triton.jit
+def _stack(r0, r1, r2, r3):
+    """The inverse of _rows: four (X,) rows -> a (4, X) tile."""
+    X: tl.constexpr = r0.shape[0]
+    return tl.trans(tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (X, 4)))
 
 
 @triton.jit
 def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
-    """delta = softplus(dt + bias) (threshold 20, as torch) on a (BLOCK_T, BLOCK_E) tile; zero where masked.
+    """delta = softplus(dt + bias) (threshold 20, as torch) on a tile; zero where masked.
     Returns (u, delta) with u = dt + bias."""
-    u = tl.load(dt_row + offs_t[:, None], mask=mask, other=0.).to(tl.float32) + bias[None, :]
+    u = tl.load(dt_row + offs_t, mask=mask, other=0.).to(tl.float32) + bias
     if SOFTPLUS:
         delta = tl.where(u > 20., u, tl.log(1. + tl.exp(u)))
     else:
@@ -54,35 +69,39 @@ def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
-                 sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr):
-    """Load the tile of scan steps s0 .. s0+BLOCK_T-1 (those below s_end <= L) and run the recurrence from state
-    h0 (BLOCK_N, BLOCK_E).
-
-    x_row etc. point at (direction, batch, channel block); A2 = A * log2(e) as (BLOCK_N, BLOCK_E).
-    Returns the tile's inputs and its states hs (BLOCK_T, BLOCK_N, BLOCK_E), plus the drive b so that
-    a_s * h_{s-1} = hs - b.
-    """
+def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
+          sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr):
+    """Load the tile of scan steps s0 .. s0+3 (those below s_end <= L; zeros past it): time indices t (4,),
+    the mask (4, BLOCK_E), x, u = dt + bias and delta (4, BLOCK_E), B and C (4, BLOCK_N), all fp32."""
     s = s0 + steps
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
     mask_s = s < s_end
     mask = mask_s[:, None] & mask_e[None, :]
     x = tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.).to(tl.float32)
-    u, delta = _delta(dt_row, t * sdt_t, mask, bias, SOFTPLUS)
+    u, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
     mask_bc = mask_s[:, None] & mask_n[None, :]
     Bt = tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
     Ct = tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
-    a = tl.exp2(delta[:, None, :] * A2[None, :, :])
-    b = (delta * x)[:, None, :] * Bt[:, :, None]
-    first = (steps == 0)[:, None, None]
-    _, hs = tl.associative_scan((a, tl.where(first, b + a * h0[None, :, :], b)), 0, _combine)
-    return t, mask, x, u, delta, Bt, Ct, a, b, hs
+    return t, mask, x, u, delta, Bt, Ct
 
 
 @triton.jit
-def _last(tile, steps, BLOCK_T: tl.constexpr):
-    """Row BLOCK_T-1 of a (BLOCK_T, ...) tile (a select inside each thread)."""
-    return tl.sum(tl.where((steps == BLOCK_T - 1)[:, None, None], tile, 0.), 0)
+def _step(h, A2, delta, dx, Bs):
+    """One state update: decay a = exp(delta A) (A2 = A log2 e) and h <- a h + delta x B. Returns (a, h)."""
+    a = tl.exp2(delta[None, :] * A2)
+    return a, a * h + dx[None, :] * Bs[:, None]
+
+
+@triton.jit
+def _tile_end(h, A2, delta, x, Bt):
+    """The state after a tile (no outputs): four updates from h."""
+    d0, d1, d2, d3 = _rows(delta)
+    x0, x1, x2, x3 = _rows(delta * x)
+    b0, b1, b2, b3 = _rows(Bt)
+    h = _step(h, A2, d0, x0, b0)[1]
+    h = _step(h, A2, d1, x1, b1)[1]
+    h = _step(h, A2, d2, x2, b2)[1]
+    return _step(h, A2, d3, x3, b3)[1]
 
 
 @triton.jit
@@ -122,7 +141,7 @@ def _scan_fwd_kernel(
         NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
         REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
-        BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr,
+        BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments). Program (i, b, j) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of
     # batch element b for scan steps [j*seg_len, (j+1)*seg_len) of directions D_FIRST .. D_LAST-1; the state
@@ -137,9 +156,9 @@ def _scan_fwd_kernel(
     #   scan launches pass 2 once per direction (D_FIRST, D_LAST) and the second launch adds the first's y.
     pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
     pid_s = tl.program_id(2)
-    s_begin = pid_s * seg_len                                # a multiple of CKPT_TILES * BLOCK_T
+    s_begin = pid_s * seg_len                                # a multiple of CKPT_TILES * 4
     s_end = tl.minimum(s_begin + seg_len, L)
-    steps = tl.arange(0, BLOCK_T)
+    steps = tl.arange(0, 4)
     out_row = out_ptr + pid_b * L * E + offs_e[None, :]
     for d in tl.static_range(D_FIRST, D_LAST):
         flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
@@ -156,16 +175,27 @@ def _scan_fwd_kernel(
                               mask=mask_ne, other=0.)
                 h = tl.exp2(A2 * dsum[None, :]) * h + h_i
         dsum = tl.zeros((BLOCK_E,), tl.float32)
-        for tile in range(tl.cdiv(s_end - s_begin, BLOCK_T)):
-            s0 = s_begin + tile * BLOCK_T
-            t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
-                x_row, dt_row, B_row, C_row, bias, A2, h, steps, s0, L, s_end, flip, mask_e, offs_n,
-                mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
-            h = _last(hs, steps, BLOCK_T)
+        for tile in tl.range(tl.cdiv(s_end - s_begin, 4), num_stages=STAGES):
+            s0 = s_begin + tile * 4
+            t, mask, x, u, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
+                                                 mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
             if MODE == 1:
+                h = _tile_end(h, A2, delta, x, Bt)
                 dsum += tl.sum(delta, 0)
             else:
-                y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
+                d0, d1, d2, d3 = _rows(delta)
+                x0, x1, x2, x3 = _rows(delta * x)
+                b0, b1, b2, b3 = _rows(Bt)
+                c0, c1, c2, c3 = _rows(Ct)
+                h = _step(h, A2, d0, x0, b0)[1]
+                y0 = tl.sum(h * c0[:, None], 0)
+                h = _step(h, A2, d1, x1, b1)[1]
+                y1 = tl.sum(h * c1[:, None], 0)
+                h = _step(h, A2, d2, x2, b2)[1]
+                y2 = tl.sum(h * c2[:, None], 0)
+                h = _step(h, A2, d3, x3, b3)[1]
+                y3 = tl.sum(h * c3[:, None], 0)
+                y = _stack(y0, y1, y2, y3) + Dv[None, :] * x
                 out_ptrs = out_row + t[:, None] * E
                 if d == 1:                                   # second direction: add the first, halve
                     y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
@@ -175,14 +205,27 @@ def _scan_fwd_kernel(
                     y *= zt * tl.sigmoid(zt)
                 tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
                 if SAVE:                                     # state entering chunk k = (tile+1) / CKPT_TILES
-                    k = (s0 // BLOCK_T + 1) // CKPT_TILES
-                    keep = ((s0 // BLOCK_T + 1) % CKPT_TILES == 0) & (k <= n_ckpt)
+                    k = (s0 // 4 + 1) // CKPT_TILES
+                    keep = ((s0 // 4 + 1) % CKPT_TILES == 0) & (k <= n_ckpt)
                     ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
                     tl.store(ckpt + offs_e[None, :], h, mask=mask_ne & keep)
         if MODE == 1:
             tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, dsum, mask=mask_e)
             tl.store(segh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], h, mask=mask_ne)
         tl.debug_barrier()                                   # the next direction reads this one's output
+
+
+@triton.jit
+def _row_grads(dh, a, h_prev, h, A, Dv, d, x, u, dy, Bs, SOFTPLUS: tl.constexpr):
+    """Gradients of one step from dL/dh_s (dh), its decay a, the states before and after it and its inputs.
+    Returns this step's contribution to dA (BLOCK_N, BLOCK_E), dx and d(dt) (BLOCK_E,), dB and dC (BLOCK_N,)."""
+    dh_ah = dh * a * h_prev                                  # dL/d(delta A) per state
+    dhB = tl.sum(dh * Bs[:, None], 0)
+    ddelta = tl.sum(dh_ah * A, 0) + x * dhB
+    if SOFTPLUS:
+        ddelta = tl.where(u > 20., ddelta, ddelta * tl.sigmoid(u))
+    return (dh_ah * d[None, :], d * dhB + Dv * dy, ddelta, tl.sum(dh * (d * x)[None, :], 1),
+            tl.sum(h * dy[None, :], 1))
 
 
 @triton.jit
@@ -194,7 +237,7 @@ def _scan_bwd_kernel(
         NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
         REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr,
+        BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments), as the forward; a segment is a whole number of checkpoint
     # chunks. dx, ddt, dz are written (own rows only); dB, dC (summed over channels) and dA, dD, dbias (summed
@@ -210,9 +253,8 @@ def _scan_bwd_kernel(
     pid_s = tl.program_id(2)
     s_begin = pid_s * seg_len
     s_end = tl.minimum(s_begin + seg_len, L)
-    steps = tl.arange(0, BLOCK_T)
-    first = (steps == 0)[:, None, None]
-    n_tiles = tl.cdiv(L, BLOCK_T)
+    steps = tl.arange(0, 4)
+    n_tiles = tl.cdiv(L, 4)
     # This program's scratch: the states entering each tile of the current chunk, (CKPT_TILES, BLOCK_N, BLOCK_E).
     scratch = (scratch_ptr + ((pid_s * batch + pid_b) * tl.num_programs(0) + pid_e) * CKPT_TILES * BLOCK_N
                * BLOCK_E + offs_n[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
@@ -233,12 +275,16 @@ def _scan_bwd_kernel(
                 dh_i = tl.load(segdh_ptr + ((seg_row + i) * N + offs_n[:, None]) * E + offs_e[None, :],
                                mask=mask_ne, other=0.)
                 dh = tl.exp2(A2 * dsum[None, :]) * dh + dh_i
+        # a_next: the decay of the step after the current one in scan order (the next segment's first step).
+        t_end = flip * (L - 1) + (1 - 2 * flip) * s_end
+        delta_end = _delta(dt_row, t_end * sdt_t, mask_e[None, :] & (s_end < L), bias[None, :], SOFTPLUS)[1]
+        a_next = tl.exp2(delta_end * A2)
         dA_acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         dD_acc = tl.zeros((BLOCK_E,), tl.float32)
         dbias_acc = tl.zeros((BLOCK_E,), tl.float32)
-        dsum = tl.zeros((BLOCK_E,), tl.float32)
-        k_begin = s_begin // (CKPT_TILES * BLOCK_T)
-        n_chunks = tl.cdiv(tl.cdiv(s_end, BLOCK_T), CKPT_TILES) - k_begin
+        dsum = tl.sum(delta_end, 0)                          # MODE 1: steps s_begin+1 .. s_end
+        k_begin = s_begin // (CKPT_TILES * 4)
+        n_chunks = tl.cdiv(tl.cdiv(s_end, 4), CKPT_TILES) - k_begin
         for kk in range(n_chunks):
             k = k_begin + n_chunks - 1 - kk                  # chunks last to first
             tile0 = k * CKPT_TILES
@@ -248,27 +294,19 @@ def _scan_bwd_kernel(
                 ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
                 h = tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.)
                 tl.store(scratch, h)
-                for j in range(1, n_sub):
-                    hs = _tile_states(x_row, dt_row, B_row, C_row, bias, A2, h, steps, (tile0 + j - 1) * BLOCK_T,
-                                      L, L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)[9]
-                    h = _last(hs, steps, BLOCK_T)
+                for j in tl.range(1, n_sub, num_stages=STAGES):
+                    _, _, x, _, delta, Bt, _ = _tile(x_row, dt_row, B_row, C_row, bias, steps, (tile0 + j - 1) * 4,
+                                                     L, L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t,
+                                                     SOFTPLUS)
+                    h = _tile_end(h, A2, delta, x, Bt)
                     tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
                 tl.debug_barrier()
             # Pass 2: tiles in reverse, each recomputed from its entering state.
-            for jj in range(n_sub):
+            for jj in tl.range(n_sub, num_stages=STAGES):
                 j = n_sub - 1 - jj
-                s0 = (tile0 + j) * BLOCK_T
-                if MODE == 1:                                # only what the dh recurrence needs
-                    t = flip * (L - 1) + (1 - 2 * flip) * (s0 + steps)
-                    mask = ((s0 + steps) < L)[:, None] & mask_e[None, :]
-                    Ct = tl.load(C_row + t[:, None] * sC_t + offs_n[None, :],
-                                 mask=((s0 + steps) < L)[:, None] & mask_n[None, :], other=0.).to(tl.float32)
-                else:
-                    h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
-                    t, mask, x, u, delta, Bt, Ct, a, b, hs = _tile_states(
-                        x_row, dt_row, B_row, C_row, bias, A2, h0, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
-                        sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
-                    y = tl.sum(hs * Ct[:, :, None], 1) + Dv[None, :] * x
+                s0 = (tile0 + j) * 4
+                t, mask, x, u, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip,
+                                                     mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
                 do = tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
                              other=0.).to(tl.float32)
                 if HAS_Z:
@@ -276,46 +314,60 @@ def _scan_bwd_kernel(
                                  other=0.).to(tl.float32)
                     sig = tl.sigmoid(zt)
                     dy = do * zt * sig / NDIR
-                    if MODE != 1:
+                else:
+                    dy = do / NDIR
+                d0, d1, d2, d3 = _rows(delta)
+                c0, c1, c2, c3 = _rows(Ct)
+                g0, g1, g2, g3 = _rows(dy)
+                if MODE == 1:                                # only what the dh recurrence needs
+                    a0 = tl.exp2(d0[None, :] * A2)
+                    a1 = tl.exp2(d1[None, :] * A2)
+                    a2 = tl.exp2(d2[None, :] * A2)
+                    a3 = tl.exp2(d3[None, :] * A2)
+                    dh = a_next * dh + c3[:, None] * g3[None, :]
+                    dh = a3 * dh + c2[:, None] * g2[None, :]
+                    dh = a2 * dh + c1[:, None] * g1[None, :]
+                    dh = a1 * dh + c0[:, None] * g0[None, :]
+                    a_next = a0
+                    dsum += tl.sum(delta, 0) - tl.where(s0 == s_begin, d0, 0.)   # s_begin itself is not in it
+                else:
+                    x0, x1, x2, x3 = _rows(x)
+                    u0, u1, u2, u3 = _rows(u)
+                    b0, b1, b2, b3 = _rows(Bt)
+                    h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
+                    a0, h1 = _step(h0, A2, d0, d0 * x0, b0)
+                    a1, h2 = _step(h1, A2, d1, d1 * x1, b1)
+                    a2, h3 = _step(h2, A2, d2, d2 * x2, b2)
+                    a3, h4 = _step(h3, A2, d3, d3 * x3, b3)
+                    if HAS_Z:                                # dz needs y (both directions' for the second)
+                        y = _stack(tl.sum(h1 * c0[:, None], 0), tl.sum(h2 * c1[:, None], 0),
+                                   tl.sum(h3 * c2[:, None], 0), tl.sum(h4 * c3[:, None], 0)) + Dv[None, :] * x
                         dz_ptrs = dz_ptr + row + t[:, None] * E
                         if d == 1:                           # y of the first direction, parked in dz
                             y = (y + tl.load(dz_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
                         if d == NDIR - 1:
                             y = do * y * sig * (1. + zt * (1. - sig))
                         tl.store(dz_ptrs, y.to(dz_ptr.dtype.element_ty), mask=mask)
-                else:
-                    dy = do / NDIR
-                # dh_s = C_s dy_s + a_{s+1} dh_{s+1}: a_{s+1} from dt one step further in scan order.
-                t_next = t + 1 - 2 * flip
-                delta_next = _delta(dt_row, t_next * sdt_t, ((s0 + steps + 1) < L)[:, None] & mask_e[None, :],
-                                    bias, SOFTPLUS)[1]
-                a_next = tl.exp2(delta_next[:, None, :] * A2[None, :, :])
-                g = Ct[:, :, None] * dy[:, None, :]
-                g = tl.where((steps == BLOCK_T - 1)[:, None, None], g + a_next * dh[None, :, :], g)
-                dhs = tl.associative_scan((a_next, g), 0, _combine, reverse=True)[1]
-                dh = tl.sum(tl.where(first, dhs, 0.), 0)
-                if MODE == 1:
-                    dsum += tl.sum(delta_next, 0)            # steps s0+1 .. s1 (s1: the next segment's first)
-                else:
-                    ah = hs - b                              # a_s h_{s-1}
-                    dA_acc += tl.sum(dhs * ah * delta[:, None, :], 0)
-                    dhB = tl.sum(dhs * Bt[:, :, None], 1)
-                    ddelta = tl.sum(dhs * ah * A[None, :, :], 1) + x * dhB
-                    du = ddelta
-                    if SOFTPLUS:
-                        du = tl.where(u > 20., ddelta, ddelta * tl.sigmoid(u))
-                    du = tl.where(mask, du, 0.)
+                    dh = a_next * dh + c3[:, None] * g3[None, :]
+                    dA3, dx3, du3, dB3, dC3 = _row_grads(dh, a3, h3, h4, A, Dv, d3, x3, u3, g3, b3, SOFTPLUS)
+                    dh = a3 * dh + c2[:, None] * g2[None, :]
+                    dA2, dx2, du2, dB2, dC2 = _row_grads(dh, a2, h2, h3, A, Dv, d2, x2, u2, g2, b2, SOFTPLUS)
+                    dh = a2 * dh + c1[:, None] * g1[None, :]
+                    dA1, dx1, du1, dB1, dC1 = _row_grads(dh, a1, h1, h2, A, Dv, d1, x1, u1, g1, b1, SOFTPLUS)
+                    dh = a1 * dh + c0[:, None] * g0[None, :]
+                    dA0, dx0, du0, dB0, dC0 = _row_grads(dh, a0, h0, h1, A, Dv, d0, x0, u0, g0, b0, SOFTPLUS)
+                    a_next = a0
+                    dA_acc += dA0 + dA1 + dA2 + dA3
+                    du = tl.where(mask, _stack(du0, du1, du2, du3), 0.)
                     dD_acc += tl.sum(dy * x, 0)
                     dbias_acc += tl.sum(du, 0)
                     tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
-                             (delta * dhB + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty), mask=mask)
+                             _stack(dx0, dx1, dx2, dx3).to(dx_ptr.dtype.element_ty), mask=mask)
                     tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
                              mask=mask)
                     mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
-                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, tl.sum(dhs * (delta * x)[:, None, :], 2),
-                                  mask=mask_bc)
-                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, tl.sum(hs * dy[:, None, :], 2),
-                                  mask=mask_bc)
+                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _stack(dB0, dB1, dB2, dB3), mask=mask_bc)
+                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _stack(dC0, dC1, dC2, dC3), mask=mask_bc)
             if MODE != 1:
                 tl.debug_barrier()                           # the next chunk overwrites the scratch
         if MODE == 1:
@@ -329,12 +381,13 @@ def _scan_bwd_kernel(
 
 # Launch parameters (bench/kernel_notes.md has the measurements). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape
 # (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
+# STAGES is the depth of the tile-load pipeline (3: 1.2x faster than none at b128 L197, H100).
 # the channel block of each pass is free, since checkpoints are stored per channel, not per program.
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
-SCAN_CONFIG = dict(BLOCK_T=4, CKPT_TILES=16, num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
+SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
                    SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
 
 
@@ -345,12 +398,12 @@ def _sm_count(device):
 def _segments(cfg, programs, L, device):
     """(seg_len, n_seg) for a launch of ``programs`` programs per segment: one segment (seg_len >= L) when the
     programs fill the GPU, else segments of whole checkpoint chunks."""
-    chunk = cfg['CKPT_TILES'] * cfg['BLOCK_T']
+    chunk = cfg['CKPT_TILES'] * BLOCK_T
     n_chunks = triton.cdiv(L, chunk)
     min_programs = cfg['SEG_MIN_PROGRAMS'] or 2 * _sm_count(device)
     if programs >= min_programs or n_chunks < 2:
         return n_chunks * chunk, 1
-    max_seg = cfg['SEG_MAX'] or max(2, math.isqrt(L // cfg['BLOCK_T']))
+    max_seg = cfg['SEG_MAX'] or max(2, math.isqrt(L // BLOCK_T))
     want = min(n_chunks, triton.cdiv(cfg['SEG_TARGET_PROGRAMS'], programs), max_seg)
     seg_len = triton.cdiv(n_chunks, want) * chunk
     return seg_len, triton.cdiv(L, seg_len)
@@ -392,7 +445,7 @@ class SelectiveScanFn(torch.autograd.Function):
         ndir, batch, L, E = x.shape
         N = A.shape[-1]
         cfg = dict(SCAN_CONFIG)
-        chunk = cfg['CKPT_TILES'] * cfg['BLOCK_T']
+        chunk = cfg['CKPT_TILES'] * BLOCK_T
         n_ckpt = triton.cdiv(L, chunk) - 1 if any(ctx.needs_input_grad) else 0
         block_e, (seg_len, n_seg), *bwd_launch = launch_config(batch, L, E, x.device, cfg)
         f32 = dict(dtype=torch.float32, device=x.device)
@@ -406,8 +459,8 @@ class SelectiveScanFn(torch.autograd.Function):
                 out, ckpt, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z),
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=n_ckpt > 0,
-                BLOCK_T=cfg['BLOCK_T'], BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(N),
-                CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
+                BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
+                STAGES=cfg['STAGES'], num_warps=cfg['num_warps'])
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt)
         ctx.flags = (softplus, reverse, cfg, bwd_launch)
         return out
@@ -436,8 +489,8 @@ class SelectiveScanFn(torch.autograd.Function):
                 dout, ckpt, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
                 batch, L, E, N, ckpt.shape[2], seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
-                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_T=cfg['BLOCK_T'],
-                BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], num_warps=cfg['num_warps'])
+                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_E=block_e,
+                BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=cfg['STAGES'], num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
 

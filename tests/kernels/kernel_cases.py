@@ -28,7 +28,6 @@ def _setup(monkeypatch):
         # backward's channel block differs from the forward's
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_E_FWD', 8)
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_E_BWD', 16)
-        monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'BLOCK_T', 4)
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'CKPT_TILES', 2)
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MIN_PROGRAMS', 1)   # unsegmented unless a test asks
         monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_T', 8)
@@ -148,7 +147,7 @@ def test_segmented_scan(monkeypatch, shape, case):
 
 def test_launch_config_segments_small_batches():
     """Batch x channel blocks below the threshold: segments of whole checkpoint chunks covering L."""
-    cfg = dict(triton_scan.SCAN_CONFIG, BLOCK_T=4, CKPT_TILES=16, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
+    cfg = dict(triton_scan.SCAN_CONFIG, CKPT_TILES=16, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
                SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
     cpu = torch.device('cpu')
     be_f, (seg_f, n_f), be_b, (seg_b, n_b) = triton_scan.launch_config(128, 197, 384, cpu, cfg)

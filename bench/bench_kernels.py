@@ -221,6 +221,8 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
     ('bwd BLOCK_E 32', dict(BLOCK_E_BWD=32)),
     ('STAGES 1', dict(STAGES=1)),
     ('STAGES 2', dict(STAGES=2)),
+    ('segmented STAGES 1', dict(STAGES_SEGMENTED=1)),
+    ('segmented STAGES 2', dict(STAGES_SEGMENTED=2)),
     ('CKPT_TILES 8', dict(CKPT_TILES=8)),
 ]
 

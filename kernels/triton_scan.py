@@ -381,14 +381,16 @@ def _scan_bwd_kernel(
 
 # Launch parameters (bench/kernel_notes.md has the measurements). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape
 # (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
-# STAGES is the depth of the tile-load pipeline (3: 1.2x faster than none at b128 L197, H100).
 # the channel block of each pass is free, since checkpoints are stored per channel, not per program.
+# STAGES is the depth of the tile-load pipeline (3: 1.27x faster than 1 on the bidirectional forward at b128
+# L197, H100); STAGES_SEGMENTED (None: STAGES) is the segmented launches' own, which have warps enough to hide
+# the loads and may do better without the pipeline's extra instructions (kernel_notes.md, reading 3).
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
-SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
-                   SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
+SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_SEGMENTED=None, num_warps=1, BLOCK_E_FWD=None,
+                   BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
 
 
 def _sm_count(device):
@@ -420,6 +422,11 @@ def launch_config(batch, L, E, device, cfg=None):
     be_b = cfg['BLOCK_E_BWD'] or 16
     return (be_f, _segments(cfg, batch * triton.cdiv(E, be_f), L, device),
             be_b, _segments(cfg, batch * triton.cdiv(E, be_b), L, device))
+
+
+def _stages(cfg, n_seg):
+    """Depth of the tile-load pipeline for a launch of n_seg segments."""
+    return cfg['STAGES'] if n_seg == 1 else cfg['STAGES_SEGMENTED'] or cfg['STAGES']
 
 
 def _strides(x, dt, B, C, z):
@@ -460,7 +467,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=n_ckpt > 0,
                 BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
-                STAGES=cfg['STAGES'], num_warps=cfg['num_warps'])
+                STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'])
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt)
         ctx.flags = (softplus, reverse, cfg, bwd_launch)
         return out
@@ -476,8 +483,11 @@ class SelectiveScanFn(torch.autograd.Function):
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         ddt = torch.empty(dt.shape, dtype=dt.dtype, device=x.device)
         dz = torch.empty(z.shape, dtype=z.dtype, device=x.device) if z is not None else None
-        dA, dD, dbias = torch.zeros(A.shape, **f32), torch.zeros((ndir, E), **f32), torch.zeros((ndir, E), **f32)
-        dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+        # The accumulated gradients, fp32 and zeroed: one buffer, one fill.
+        shapes = (A.shape, (ndir, E), (ndir, E), B.shape, C.shape)
+        sums = torch.zeros(sum(math.prod(shape) for shape in shapes), **f32)
+        dA, dD, dbias, dB, dC = (part.view(shape) for part, shape in
+                                 zip(sums.split([math.prod(shape) for shape in shapes]), shapes))
         grid = (triton.cdiv(E, block_e), batch, n_seg)
         BLOCK_N = triton.next_power_of_2(N)
         scratch = torch.empty(grid[0] * batch * n_seg * cfg['CKPT_TILES'] * BLOCK_N * block_e, **f32)
@@ -490,7 +500,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 batch, L, E, N, ckpt.shape[2], seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_E=block_e,
-                BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=cfg['STAGES'], num_warps=cfg['num_warps'])
+                BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
 

@@ -93,15 +93,22 @@ def _step(h, A2, delta, dx, Bs):
 
 
 @triton.jit
-def _tile_end(h, A2, delta, x, Bt):
-    """The state after a tile (no outputs): four updates from h."""
+def _tile_y(h, A2, delta, x, Bt, Ct):
+    """Four state updates from h: the state after the tile and y_s = <C_s, h_s> (no D skip) as (4, BLOCK_E).
+    Callers that need only the state drop y, and the compiler drops its arithmetic."""
     d0, d1, d2, d3 = _rows(delta)
     x0, x1, x2, x3 = _rows(delta * x)
     b0, b1, b2, b3 = _rows(Bt)
+    c0, c1, c2, c3 = _rows(Ct)
     h = _step(h, A2, d0, x0, b0)[1]
+    y0 = tl.sum(h * c0[:, None], 0)
     h = _step(h, A2, d1, x1, b1)[1]
+    y1 = tl.sum(h * c1[:, None], 0)
     h = _step(h, A2, d2, x2, b2)[1]
-    return _step(h, A2, d3, x3, b3)[1]
+    y2 = tl.sum(h * c2[:, None], 0)
+    h = _step(h, A2, d3, x3, b3)[1]
+    y3 = tl.sum(h * c3[:, None], 0)
+    return h, _stack(y0, y1, y2, y3)
 
 
 @triton.jit
@@ -179,23 +186,11 @@ def _scan_fwd_kernel(
             s0 = s_begin + tile * 4
             t, mask, x, u, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
                                                  mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+            h, y = _tile_y(h, A2, delta, x, Bt, Ct)
             if MODE == 1:
-                h = _tile_end(h, A2, delta, x, Bt)
                 dsum += tl.sum(delta, 0)
             else:
-                d0, d1, d2, d3 = _rows(delta)
-                x0, x1, x2, x3 = _rows(delta * x)
-                b0, b1, b2, b3 = _rows(Bt)
-                c0, c1, c2, c3 = _rows(Ct)
-                h = _step(h, A2, d0, x0, b0)[1]
-                y0 = tl.sum(h * c0[:, None], 0)
-                h = _step(h, A2, d1, x1, b1)[1]
-                y1 = tl.sum(h * c1[:, None], 0)
-                h = _step(h, A2, d2, x2, b2)[1]
-                y2 = tl.sum(h * c2[:, None], 0)
-                h = _step(h, A2, d3, x3, b3)[1]
-                y3 = tl.sum(h * c3[:, None], 0)
-                y = _stack(y0, y1, y2, y3) + Dv[None, :] * x
+                y += Dv[None, :] * x
                 out_ptrs = out_row + t[:, None] * E
                 if d == 1:                                   # second direction: add the first, halve
                     y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
@@ -295,10 +290,10 @@ def _scan_bwd_kernel(
                 h = tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.)
                 tl.store(scratch, h)
                 for j in tl.range(1, n_sub, num_stages=STAGES):
-                    _, _, x, _, delta, Bt, _ = _tile(x_row, dt_row, B_row, C_row, bias, steps, (tile0 + j - 1) * 4,
-                                                     L, L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t,
-                                                     SOFTPLUS)
-                    h = _tile_end(h, A2, delta, x, Bt)
+                    _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps,
+                                                      (tile0 + j - 1) * 4, L, L, flip, mask_e, offs_n, mask_n,
+                                                      sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+                    h = _tile_y(h, A2, delta, x, Bt, Ct)[0]
                     tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
                 tl.debug_barrier()
             # Pass 2: tiles in reverse, each recomputed from its entering state.

@@ -1,9 +1,9 @@
 """Prototype: forward scan over tiles of 4 loaded through tl.range(num_stages=STAGES) and split into rows
-(the design kernels/triton_scan.py adopted; its row helpers are imported from there). See scan_variants.py."""
+(the design kernels/triton_scan.py adopted; the row updates are its _tile_y). See scan_variants.py."""
 import triton
 import triton.language as tl
 
-from vim.kernels.triton_scan import LOG2E, _rows, _stack, _step
+from vim.kernels.triton_scan import LOG2E, _tile_y
 
 
 @triton.jit
@@ -35,18 +35,6 @@ def fwd_split(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_pt
             ds = tl.where(us > 20., us, 0.6931471805599453 * tl.log2(1. + tl.exp2(us * LOG2E)))
         else:
             ds = tl.where(us > 20., us, tl.log(1. + tl.exp(us)))
-        d0, d1, d2, d3 = _rows(ds)
-        x0, x1, x2, x3 = _rows(ds * xs)
-        b0, b1, b2, b3 = _rows(Bs)
-        c0, c1, c2, c3 = _rows(Cs)
-        h = _step(h, A2, d0, x0, b0)[1]
-        y0 = tl.sum(h * c0[:, None], 0)
-        h = _step(h, A2, d1, x1, b1)[1]
-        y1 = tl.sum(h * c1[:, None], 0)
-        h = _step(h, A2, d2, x2, b2)[1]
-        y2 = tl.sum(h * c2[:, None], 0)
-        h = _step(h, A2, d3, x3, b3)[1]
-        y3 = tl.sum(h * c3[:, None], 0)
-        ys = _stack(y0, y1, y2, y3)
+        h, ys = _tile_y(h, A2, ds, xs, Bs, Cs)
         ys = (ys + Dv[None, :] * xs) * zs * tl.sigmoid(zs)
         tl.store(out_ptr + base + t[:, None] * E, ys.to(out_ptr.dtype.element_ty), mask=m)

@@ -9,7 +9,7 @@ A program owns BLOCK_E channels of one batch element and all N states of each, h
 registers, and walks the sequence in tiles of 4 steps. A tile's x, dt, z, B and C are loaded as 2-D tiles
 through a software pipeline (``tl.range(num_stages=...)``: the loads of later tiles are in flight while this one
 computes), split into rows, and the recurrence h_s = exp(delta_s A) h_{s-1} + delta_s x_s B_s runs row by row:
-one exponential and four multiply-adds per state update. ``s`` counts steps in scan order: time t = s forward,
+one exponential and five multiplies or adds per state update. ``s`` counts steps in scan order: time t = s forward,
 L-1-s in reverse, so the reverse direction reads the sequence backwards instead of flipping it.
 
 Segmented scan (long sequences, few batch elements x channel blocks: b8 L6085 gives 96 programs for 132 SMs):

@@ -1,17 +1,21 @@
 """Prototype: forward scan one step at a time with 1-D row loads (no tile pipeline). See scan_variants.py."""
-import triton, triton.language as tl
-LOG2E = tl.constexpr(1.4426950408889634)
+import triton
+import triton.language as tl
+
+from vim.kernels.triton_scan import LOG2E, _step
+
 
 @triton.jit
 def fwd_rows(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, L, E, N,
-             BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
+             BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     offs_n = tl.arange(0, BLOCK_N)
     mask_e = offs_e < E
     mask_n = offs_n < N
-    A2 = tl.load(A_ptr + offs_n[:, None] * E + offs_e[None, :], mask=mask_n[:, None] & mask_e[None, :], other=0.) * LOG2E
+    mask_ne = mask_n[:, None] & mask_e[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * E + offs_e[None, :], mask=mask_ne, other=0.) * LOG2E
     Dv = tl.load(D_ptr + offs_e, mask=mask_e, other=0.)
     bias = tl.load(bias_ptr + offs_e, mask=mask_e, other=0.)
     base = pid_b * L * E + offs_e
@@ -27,8 +31,7 @@ def fwd_rows(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr
             Bt = tl.load(B_ptr + bc + t * N, mask=mask_n & (t < L), other=0.).to(tl.float32)
             Ct = tl.load(C_ptr + bc + t * N, mask=mask_n & (t < L), other=0.).to(tl.float32)
             delta = tl.where(u > 20., u, tl.log(1. + tl.exp(u)))
-            a = tl.exp2(delta[None, :] * A2)
-            h = a * h + (delta * x)[None, :] * Bt[:, None]
+            h = _step(h, A2, delta, delta * x, Bt)[1]
             y = tl.sum(h * Ct[:, None], 0) + Dv * x
             y = y * z * tl.sigmoid(z)
             tl.store(out_ptr + base + t * E, y.to(out_ptr.dtype.element_ty), mask=m)

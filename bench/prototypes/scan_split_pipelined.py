@@ -7,8 +7,8 @@ from vim.kernels.triton_scan import LOG2E, _tile_y
 
 
 @triton.jit
-def fwd_split(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, L, E, N,
-             BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, FAST_SP: tl.constexpr):
+def fwd_split(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, L, E, N, BLOCK_T: tl.constexpr,
+              BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, FAST_SP: tl.constexpr):
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -16,7 +16,8 @@ def fwd_split(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_pt
     steps = tl.arange(0, 4)
     mask_e = offs_e < E
     mask_n = offs_n < N
-    A2 = tl.load(A_ptr + offs_n[:, None] * E + offs_e[None, :], mask=mask_n[:, None] & mask_e[None, :], other=0.) * LOG2E
+    mask_ne = mask_n[:, None] & mask_e[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * E + offs_e[None, :], mask=mask_ne, other=0.) * LOG2E
     Dv = tl.load(D_ptr + offs_e, mask=mask_e, other=0.)
     bias = tl.load(bias_ptr + offs_e, mask=mask_e, other=0.)
     base = pid_b * L * E + offs_e[None, :]

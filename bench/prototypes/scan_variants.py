@@ -34,8 +34,8 @@ def proto(kernel, be, warps=1, **consts):
 
 VARIANTS = {
     'cur': lambda *a: triton_ops.selective_scan(*a),
-    'k1_bt4': proto(k1.fwd_rows, 32, BLOCK_T=4, STAGES=1),
-    'k1_bt8': proto(k1.fwd_rows, 32, BLOCK_T=8, STAGES=1),
+    'k1_bt4': proto(k1.fwd_rows, 32, BLOCK_T=4),
+    'k1_bt8': proto(k1.fwd_rows, 32, BLOCK_T=8),
     'k4_s1': proto(k4.fwd_split, 32, BLOCK_T=4, STAGES=1, FAST_SP=True),
     'k4_s2': proto(k4.fwd_split, 32, BLOCK_T=4, STAGES=2, FAST_SP=True),
     'k4_s3': proto(k4.fwd_split, 32, BLOCK_T=4, STAGES=3, FAST_SP=True),

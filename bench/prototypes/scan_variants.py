@@ -6,8 +6,7 @@ correctness against the production kernel, timing, and an ncu pass.
         -k regex:fwd python3 bench/prototypes/scan_variants.py --ncu --only cur,k4_s1,k4_s3
 
 'cur' is whatever kernels/triton_scan.py holds now (at the time of the recorded run: the associative-scan
-kernel of commit a265966). scan_rows.fwd_rows: one step at a time with 1-D loads; scan_split_pipelined.fwd_split:
-tiles of 4 loaded through tl.range's software pipeline (STAGES) and split into rows.
+kernel of commit a265966). The kernels are in scan_forward.py.
 """
 import argparse
 import sys
@@ -16,8 +15,7 @@ import torch
 import triton
 
 sys.path[:0] = ['bench/prototypes', 'bench']
-import scan_rows as k1  # noqa: E402
-import scan_split_pipelined as k4  # noqa: E402
+import scan_forward  # noqa: E402
 from bench_kernels import scan_inputs, timed  # noqa: E402
 from vim.kernels import triton_ops  # noqa: E402
 
@@ -34,16 +32,16 @@ def proto(kernel, be, warps=1, **consts):
 
 VARIANTS = {
     'cur': lambda *a: triton_ops.selective_scan(*a),
-    'k1_bt4': proto(k1.fwd_rows, 32, BLOCK_T=4),
-    'k1_bt8': proto(k1.fwd_rows, 32, BLOCK_T=8),
-    'k4_s1': proto(k4.fwd_split, 32, BLOCK_T=4, STAGES=1, FAST_SP=True),
-    'k4_s2': proto(k4.fwd_split, 32, BLOCK_T=4, STAGES=2, FAST_SP=True),
-    'k4_s3': proto(k4.fwd_split, 32, BLOCK_T=4, STAGES=3, FAST_SP=True),
-    'k4_s4': proto(k4.fwd_split, 32, BLOCK_T=4, STAGES=4, FAST_SP=True),
-    'k4_s1_be64': proto(k4.fwd_split, 64, BLOCK_T=4, STAGES=1, FAST_SP=True),
-    'k4_s3_be64': proto(k4.fwd_split, 64, BLOCK_T=4, STAGES=3, FAST_SP=True),
-    'k4_s3_be64_w2': proto(k4.fwd_split, 64, warps=2, BLOCK_T=4, STAGES=3, FAST_SP=True),
-    'k4_s3_be16': proto(k4.fwd_split, 16, BLOCK_T=4, STAGES=3, FAST_SP=True),
+    'k1_bt4': proto(scan_forward.fwd_rows, 32, BLOCK_T=4),
+    'k1_bt8': proto(scan_forward.fwd_rows, 32, BLOCK_T=8),
+    'k4_s1': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=1, FAST_SP=True),
+    'k4_s2': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=2, FAST_SP=True),
+    'k4_s3': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=3, FAST_SP=True),
+    'k4_s4': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=4, FAST_SP=True),
+    'k4_s1_be64': proto(scan_forward.fwd_split, 64, BLOCK_T=4, STAGES=1, FAST_SP=True),
+    'k4_s3_be64': proto(scan_forward.fwd_split, 64, BLOCK_T=4, STAGES=3, FAST_SP=True),
+    'k4_s3_be64_w2': proto(scan_forward.fwd_split, 64, warps=2, BLOCK_T=4, STAGES=3, FAST_SP=True),
+    'k4_s3_be16': proto(scan_forward.fwd_split, 16, BLOCK_T=4, STAGES=3, FAST_SP=True),
 }
 
 p = argparse.ArgumentParser()

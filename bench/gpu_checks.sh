@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device-machine call for the scan kernels (about 4 minutes on an H100, most of it Triton compiling):
-#   phase 1, in parallel: the GPU scan tests in shards (compilation is CPU-bound and per process), memcheck on
+# One device-machine call for the kernels (about 4 minutes on an H100, most of it Triton compiling):
+#   phase 1, in parallel: the GPU kernel tests in shards (compilation is CPU-bound and per process), memcheck on
 #   small cases, and bench warm-ups that fill Triton's on-disk cache for phase 2;
 #   phase 2, alone on the GPU: bench_kernels.py --scan-only at the issue's shapes, with the launch sweep.
 # Usage (repo root, on the GPU machine): bash bench/gpu_checks.sh [OUT_DIR]
@@ -15,7 +15,10 @@ export PYTHONPATH=/tmp/pkg
   python3 -c "import torch, triton, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'python', sys.version.split()[0])"
 } > "$OUT/env.txt" 2>&1
 T1=${T1:-150}
-SEL=${SEL:-"(scan or mixer or launch_config or dispatch or input_checks) and not model"}
+# memcheck: the segmented and one-segment scan, both conv1d kernels and RMSNorm, fp32, values and gradients
+MEMCHECK_DEFAULT="(segmented and bidir_fp32) or (unsegmented and dtype0 and shape0) or (bidirectional_conv1d and \
+shape1 and dtype0) or (causal_conv1d and True-True-True) or (add_rms_norm and shape1 and dtype0 and fp32)"
+SEL=${SEL:-"not model and not long_sequence"}   # every kernel case but the two slow ones (run them alone)
 python3 -P -m pytest -m gpu tests/kernels/test_triton_gpu.py -q -p no:cacheprovider --collect-only -k "$SEL" 2>/dev/null \
   | grep '::' > /tmp/ids.txt
 NSH=${NSH:-9}
@@ -24,7 +27,7 @@ for i in $(seq 0 $((NSH - 1))); do
   timeout $T1 python3 -P -m pytest -m gpu -q -p no:cacheprovider -rf $(cat /tmp/ids$i.txt) > /tmp/logs/shard$i.log 2>&1 &
 done
 timeout $T1 compute-sanitizer --tool memcheck --print-limit 20 python3 -P -m pytest -m gpu tests/kernels/test_triton_gpu.py \
-  -q -p no:cacheprovider -k "${MEMCHECK_SEL:-(segmented and bidir_fp32) or (unsegmented and float32)}" \
+  -q -p no:cacheprovider -k "${MEMCHECK_SEL:-$MEMCHECK_DEFAULT}" \
   > /tmp/logs/memcheck.log 2>&1 &
 if [ "${BENCH:-1}" = 1 ]; then
   for s in 0 1 2 3; do   # bench warm-ups (timings discarded): compile the kernels phase 2 times

@@ -17,6 +17,10 @@ CI runs the models named in VIM_TIMM_TEST_MODELS, by default Vim-Tiny alone: on 
 suite takes minutes per model (test_prune_intermediate_layers_contract alone runs ~300 block forwards
 and backwards at 224 px). Every model, e.g. on a many-core machine with pytest-xdist installed:
 ``VIM_TIMM_TEST_MODELS=all VIM_TIMM_TEST_ARGS="-n 8" python -m pytest tests/test_timm_generic.py``.
+All five models passed every selected test of timm 1.0.31 on the 2-core CPU, in two runs (2026-11-23):
+20 tests for all five, then test_prune_intermediate_layers_contract and the FX forward / backward tests for
+the four that CI leaves out (12 passed in 29 minutes; the base model's prune contract alone needs more than
+timm's default 360 s timeout there, hence TIMEOUT below).
 """
 import os
 import re

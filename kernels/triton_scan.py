@@ -211,6 +211,12 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _dh_back(dh_after, a_after, Cs, dy):
+    """dL/dh_s = a_{s+1} dL/dh_{s+1} + C_s dy_s: one step of the reverse recurrence."""
+    return a_after * dh_after + Cs[:, None] * dy[None, :]
+
+
+@triton.jit
 def _row_grads(dh, a, h_prev, h, A, Dv, d, x, u, dy, Bs, SOFTPLUS: tl.constexpr):
     """Gradients of one step from dL/dh_s (dh), its decay a, the states before and after it and its inputs.
     Returns this step's contribution to dA (BLOCK_N, BLOCK_E), dx and d(dt) (BLOCK_E,), dB and dC (BLOCK_N,)."""
@@ -312,28 +318,20 @@ def _scan_bwd_kernel(
                 else:
                     dy = do / NDIR
                 d0, d1, d2, d3 = _rows(delta)
+                x0, x1, x2, x3 = _rows(x)
+                u0, u1, u2, u3 = _rows(u)
+                b0, b1, b2, b3 = _rows(Bt)
                 c0, c1, c2, c3 = _rows(Ct)
                 g0, g1, g2, g3 = _rows(dy)
-                if MODE == 1:                                # only what the dh recurrence needs
-                    a0 = tl.exp2(d0[None, :] * A2)
-                    a1 = tl.exp2(d1[None, :] * A2)
-                    a2 = tl.exp2(d2[None, :] * A2)
-                    a3 = tl.exp2(d3[None, :] * A2)
-                    dh = a_next * dh + c3[:, None] * g3[None, :]
-                    dh = a3 * dh + c2[:, None] * g2[None, :]
-                    dh = a2 * dh + c1[:, None] * g1[None, :]
-                    dh = a1 * dh + c0[:, None] * g0[None, :]
-                    a_next = a0
-                    dsum += tl.sum(delta, 0) - tl.where(s0 == s_begin, d0, 0.)   # s_begin itself is not in it
-                else:
-                    x0, x1, x2, x3 = _rows(x)
-                    u0, u1, u2, u3 = _rows(u)
-                    b0, b1, b2, b3 = _rows(Bt)
+                # The tile's decays and states (MODE 1 keeps only the decays; the compiler drops the rest).
+                h0 = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
+                if MODE != 1:
                     h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
-                    a0, h1 = _step(h0, A2, d0, d0 * x0, b0)
-                    a1, h2 = _step(h1, A2, d1, d1 * x1, b1)
-                    a2, h3 = _step(h2, A2, d2, d2 * x2, b2)
-                    a3, h4 = _step(h3, A2, d3, d3 * x3, b3)
+                a0, h1 = _step(h0, A2, d0, d0 * x0, b0)
+                a1, h2 = _step(h1, A2, d1, d1 * x1, b1)
+                a2, h3 = _step(h2, A2, d2, d2 * x2, b2)
+                a3, h4 = _step(h3, A2, d3, d3 * x3, b3)
+                if MODE != 1:
                     if HAS_Z:                                # dz needs y (both directions' for the second)
                         y = _stack(tl.sum(h1 * c0[:, None], 0), tl.sum(h2 * c1[:, None], 0),
                                    tl.sum(h3 * c2[:, None], 0), tl.sum(h4 * c3[:, None], 0)) + Dv[None, :] * x
@@ -343,15 +341,19 @@ def _scan_bwd_kernel(
                         if d == NDIR - 1:
                             y = do * y * sig * (1. + zt * (1. - sig))
                         tl.store(dz_ptrs, y.to(dz_ptr.dtype.element_ty), mask=mask)
-                    dh = a_next * dh + c3[:, None] * g3[None, :]
-                    dA3, dx3, du3, dB3, dC3 = _row_grads(dh, a3, h3, h4, A, Dv, d3, x3, u3, g3, b3, SOFTPLUS)
-                    dh = a3 * dh + c2[:, None] * g2[None, :]
-                    dA2, dx2, du2, dB2, dC2 = _row_grads(dh, a2, h2, h3, A, Dv, d2, x2, u2, g2, b2, SOFTPLUS)
-                    dh = a2 * dh + c1[:, None] * g1[None, :]
-                    dA1, dx1, du1, dB1, dC1 = _row_grads(dh, a1, h1, h2, A, Dv, d1, x1, u1, g1, b1, SOFTPLUS)
-                    dh = a1 * dh + c0[:, None] * g0[None, :]
-                    dA0, dx0, du0, dB0, dC0 = _row_grads(dh, a0, h0, h1, A, Dv, d0, x0, u0, g0, b0, SOFTPLUS)
-                    a_next = a0
+                # dh back over the rows, with each row's gradients (unused in MODE 1, so not computed there)
+                dh = _dh_back(dh, a_next, c3, g3)
+                dA3, dx3, du3, dB3, dC3 = _row_grads(dh, a3, h3, h4, A, Dv, d3, x3, u3, g3, b3, SOFTPLUS)
+                dh = _dh_back(dh, a3, c2, g2)
+                dA2, dx2, du2, dB2, dC2 = _row_grads(dh, a2, h2, h3, A, Dv, d2, x2, u2, g2, b2, SOFTPLUS)
+                dh = _dh_back(dh, a2, c1, g1)
+                dA1, dx1, du1, dB1, dC1 = _row_grads(dh, a1, h1, h2, A, Dv, d1, x1, u1, g1, b1, SOFTPLUS)
+                dh = _dh_back(dh, a1, c0, g0)
+                dA0, dx0, du0, dB0, dC0 = _row_grads(dh, a0, h0, h1, A, Dv, d0, x0, u0, g0, b0, SOFTPLUS)
+                a_next = a0
+                if MODE == 1:
+                    dsum += tl.sum(delta, 0) - tl.where(s0 == s_begin, d0, 0.)   # s_begin itself is not in it
+                else:
                     dA_acc += dA0 + dA1 + dA2 + dA3
                     du = tl.where(mask, _stack(du0, du1, du2, du3), 0.)
                     dD_acc += tl.sum(dy * x, 0)

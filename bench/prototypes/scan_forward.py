@@ -50,7 +50,7 @@ def fwd_rows(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr
 
 
 @triton.jit
-def fwd_split(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, L, E, N, BLOCK_T: tl.constexpr,
+def fwd_split(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, L, E, N,
               BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, FAST_SP: tl.constexpr):
     pid_b, offs_e, offs_n, mask_e, mask_n, A2, Dv, bias = _program(A_ptr, D_ptr, bias_ptr, E, N, BLOCK_E, BLOCK_N)
     steps = tl.arange(0, 4)

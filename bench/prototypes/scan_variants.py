@@ -34,14 +34,14 @@ VARIANTS = {
     'cur': lambda *a: triton_ops.selective_scan(*a),
     'k1_bt4': proto(scan_forward.fwd_rows, 32, BLOCK_T=4),
     'k1_bt8': proto(scan_forward.fwd_rows, 32, BLOCK_T=8),
-    'k4_s1': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=1, FAST_SP=True),
-    'k4_s2': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=2, FAST_SP=True),
-    'k4_s3': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=3, FAST_SP=True),
-    'k4_s4': proto(scan_forward.fwd_split, 32, BLOCK_T=4, STAGES=4, FAST_SP=True),
-    'k4_s1_be64': proto(scan_forward.fwd_split, 64, BLOCK_T=4, STAGES=1, FAST_SP=True),
-    'k4_s3_be64': proto(scan_forward.fwd_split, 64, BLOCK_T=4, STAGES=3, FAST_SP=True),
-    'k4_s3_be64_w2': proto(scan_forward.fwd_split, 64, warps=2, BLOCK_T=4, STAGES=3, FAST_SP=True),
-    'k4_s3_be16': proto(scan_forward.fwd_split, 16, BLOCK_T=4, STAGES=3, FAST_SP=True),
+    'k4_s1': proto(scan_forward.fwd_split, 32, STAGES=1, FAST_SP=True),
+    'k4_s2': proto(scan_forward.fwd_split, 32, STAGES=2, FAST_SP=True),
+    'k4_s3': proto(scan_forward.fwd_split, 32, STAGES=3, FAST_SP=True),
+    'k4_s4': proto(scan_forward.fwd_split, 32, STAGES=4, FAST_SP=True),
+    'k4_s1_be64': proto(scan_forward.fwd_split, 64, STAGES=1, FAST_SP=True),
+    'k4_s3_be64': proto(scan_forward.fwd_split, 64, STAGES=3, FAST_SP=True),
+    'k4_s3_be64_w2': proto(scan_forward.fwd_split, 64, warps=2, STAGES=3, FAST_SP=True),
+    'k4_s3_be16': proto(scan_forward.fwd_split, 16, STAGES=3, FAST_SP=True),
 }
 
 p = argparse.ArgumentParser()
@@ -50,7 +50,6 @@ p.add_argument('--only', default=None)
 args = p.parse_args()
 names = args.only.split(',') if args.only else list(VARIANTS)
 shapes = [(128, 197, 384)] if args.ncu else [(128, 197, 384), (8, 6085, 384), (128, 197, 768)]
-res = []
 for batch, L, E in shapes:
     inp = scan_inputs(None, batch, L, E)
     ref = VARIANTS['cur'](*inp).float()
@@ -64,5 +63,4 @@ for batch, L, E in shapes:
             ms = timed(lambda: VARIANTS[name](*inp))
         except Exception as e:
             print(name, 'FAILED', repr(e)[:300]); continue
-        res.append(dict(shape=(batch, L, E), name=name, ms=ms, err=err))
         print(f'b{batch} L{L} E{E} {name:16s} {ms:.4f} ms  rel err {err:.1e}', flush=True)

@@ -3,7 +3,7 @@
 memory floor (bytes that must cross device memory once / copy bandwidth measured in the same run).
 
     python bench/bench_kernels.py [--sweep | --sweep-only] [--no-reference] [--scan-only] [--shapes 0,1]
-                                  [--graph] [--out results.md]
+                                  [--sweep-rows 0,8] [--graph] [--out results.md]
 
 Times are medians of triton.testing.do_bench (CUDA events) after warm-up. bf16 activations, fp32 parameters.
 Those time back-to-back calls from Python, so an op whose host-side work (autograd, allocations, launches)
@@ -221,19 +221,20 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
     ('bwd BLOCK_E 32', dict(BLOCK_E_BWD=32)),
     ('STAGES 1', dict(STAGES=1)),
     ('STAGES 2', dict(STAGES=2)),
-    ('segmented STAGES 1', dict(STAGES_SEGMENTED=1)),
     ('segmented STAGES 2', dict(STAGES_SEGMENTED=2)),
+    ('segmented STAGES 3', dict(STAGES_SEGMENTED=3)),
     ('CKPT_TILES 8', dict(CKPT_TILES=8)),
 ]
 
 
-def sweep(shapes):
-    """Scan launch configurations (bidirectional scan) at the given shapes."""
+def sweep(shapes, rows=None):
+    """Scan launch configurations (bidirectional scan) at the given shapes: the SWEEP rows numbered in ``rows``
+    (all when None)."""
     lines = ['| shape | config | fwd ms | fwd+bwd ms |', '| --- | --- | --- | --- |']
     saved = dict(triton_scan.SCAN_CONFIG)
     for name, batch, L, E in shapes:
         args = scan_inputs(2, batch, L, E)
-        for label, change in SWEEP:
+        for label, change in (SWEEP if rows is None else [SWEEP[i] for i in rows]):
             triton_scan.SCAN_CONFIG.update(saved)
             triton_scan.SCAN_CONFIG.update(change)
             f = timed(lambda: triton_ops.bidirectional_scan(*args))
@@ -250,6 +251,7 @@ def main():
     parser.add_argument('--no-reference', action='store_true', help='skip the (slow) PyTorch reference')
     parser.add_argument('--scan-only', action='store_true', help='only the scan rows (no conv1d, RMSNorm, mixer)')
     parser.add_argument('--shapes', default=None, help='comma-separated indices into SHAPES (default: all)')
+    parser.add_argument('--sweep-rows', default=None, help='comma-separated indices into SWEEP (default: all)')
     parser.add_argument('--graph', action='store_true', help='time CUDA-graph replays (GPU time without host work)')
     parser.add_argument('--out', default=None, help='write the markdown tables here')
     args = parser.parse_args()
@@ -265,7 +267,8 @@ def main():
              f'copy bandwidth (read + write): {bw / 1e12:.2f} TB/s', '']
     shapes = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(',')]
     if args.sweep or args.sweep_only:
-        lines += sweep(shapes[:2]) + ['']
+        rows = None if args.sweep_rows is None else [int(i) for i in args.sweep_rows.split(',')]
+        lines += sweep(shapes[:2], rows) + ['']
     if args.sweep_only:
         print('\n'.join(lines))
         return

@@ -77,14 +77,15 @@ def main():
     parser.add_argument('--block-e-bwd', type=int, default=16)
     args = parser.parse_args()
     options = dict(REVERSE=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NDIR=1, D_FIRST=0, D_LAST=1,
-                   BLOCK_N=16, CKPT_TILES=16, STAGES=triton_scan.SCAN_CONFIG['STAGES'])
+                   BLOCK_N=16, CKPT_TILES=16)
     cases = [('forward, one segment', triton_scan._scan_fwd_kernel, dict(MODE=0, SAVE=True), args.block_e_fwd),
              ('forward, segment summaries', triton_scan._scan_fwd_kernel, dict(MODE=1, SAVE=False), args.block_e_fwd),
              ('forward, segment replay', triton_scan._scan_fwd_kernel, dict(MODE=2, SAVE=True), args.block_e_fwd),
              ('backward, one segment', triton_scan._scan_bwd_kernel, dict(MODE=0), args.block_e_bwd),
              ('backward, segment summaries', triton_scan._scan_bwd_kernel, dict(MODE=1), args.block_e_bwd)]
     for name, kernel, mode, block_e in cases:
-        summary, sass = compile_sm90(kernel, dict(options, BLOCK_E=block_e, **mode))
+        stages = triton_scan._stages(triton_scan.SCAN_CONFIG, 1 if mode['MODE'] == 0 else 2)   # 2: segmented
+        summary, sass = compile_sm90(kernel, dict(options, BLOCK_E=block_e, STAGES=stages, **mode))
         ops = largest_loop(sass)
         updates = 4 * 16 * block_e / 32                     # per thread per tile: 4 steps x (16 states x channels)
         print(f'{name} (BLOCK_E {block_e}): {summary}\n  loop {len(ops)} instructions, '

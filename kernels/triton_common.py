@@ -24,6 +24,16 @@ def check(op: str, name: str, tensor: Optional[torch.Tensor], shape: Sequence[in
         raise ValueError(f'{op}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}')
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch sizes. Plain Python: triton.cdiv is a constexpr function whose every host-side
+    call costs microseconds (bench/host_overhead.py), and the wrappers make several per launch."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
 def unit_last_stride(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The kernels take any strides but a unit one along the last (channel) axis: copy only if needed."""
     if tensor is None or tensor.stride(-1) == 1 or tensor.shape[-1] == 1:

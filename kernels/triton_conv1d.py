@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import check, unit_last_stride
+from .triton_common import cdiv, check, unit_last_stride
 
 
 @triton.jit
@@ -114,7 +114,7 @@ class Conv1dFn(torch.autograd.Function):
         ndir, _, W = weight.shape
         cfg = CONV_CONFIG
         out = torch.empty((ndir, batch, L, E), dtype=x.dtype, device=x.device)
-        grid = (triton.cdiv(L, cfg['BLOCK_T']), triton.cdiv(E, cfg['BLOCK_E']), batch)
+        grid = (cdiv(L, cfg['BLOCK_T']), cdiv(E, cfg['BLOCK_E']), batch)
         _conv_fwd_kernel[grid](x, weight, x if bias is None else bias, out, batch, L, E, *x.stride()[:2],
                                NDIR=ndir, REVERSE=reverse, HAS_BIAS=bias is not None, SILU=silu, W=W,
                                BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
@@ -131,7 +131,7 @@ class Conv1dFn(torch.autograd.Function):
         ndir, _, W = weight.shape
         cfg = CONV_CONFIG
         dx = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
-        grid = (triton.cdiv(L, cfg['BLOCK_T']), triton.cdiv(E, cfg['BLOCK_E']), batch)
+        grid = (cdiv(L, cfg['BLOCK_T']), cdiv(E, cfg['BLOCK_E']), batch)
         dw = torch.empty((grid[0] * batch, *weight.shape), dtype=torch.float32, device=x.device)
         dbias = torch.empty((grid[0] * batch, ndir, E), dtype=torch.float32, device=x.device)
         _conv_bwd_kernel[grid](x, weight, x if bias is None else bias, dout, dx, dw, dbias, L, E,

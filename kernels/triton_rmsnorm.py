@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import check, unit_last_stride
+from .triton_common import cdiv, check, next_power_of_2, unit_last_stride
 
 
 @triton.jit
@@ -61,7 +61,7 @@ def _rows(t):
 
 
 def _block_m(D):
-    return max(1, min(16, 4096 // triton.next_power_of_2(D)))
+    return max(1, min(16, 4096 // next_power_of_2(D)))
 
 
 class AddRMSNormFn(torch.autograd.Function):
@@ -74,10 +74,10 @@ class AddRMSNormFn(torch.autograd.Function):
         out = torch.empty((M, D), dtype=x.dtype, device=x.device)
         res_out = torch.empty((M, D), dtype=torch.float32 if residual_in_fp32 else x.dtype, device=x.device)
         BLOCK_M = _block_m(D)
-        _rmsnorm_fwd_kernel[(triton.cdiv(M, BLOCK_M),)](
+        _rmsnorm_fwd_kernel[(cdiv(M, BLOCK_M),)](
             x2, x2 if r2 is None else r2, weight, out, res_out, M, D, eps, x2.stride(0),
             0 if r2 is None else r2.stride(0), HAS_RES=r2 is not None, BLOCK_M=BLOCK_M,
-            BLOCK_D=triton.next_power_of_2(D))
+            BLOCK_D=next_power_of_2(D))
         ctx.save_for_backward(x2, r2, weight)
         ctx.eps, ctx.shape, ctx.res_dtype = eps, shape, None if residual is None else residual.dtype
         return out.view(shape), res_out.view(shape)
@@ -90,11 +90,11 @@ class AddRMSNormFn(torch.autograd.Function):
         dx = torch.empty((M, D), dtype=x2.dtype, device=x2.device)
         dres = None if r2 is None else torch.empty((M, D), dtype=ctx.res_dtype, device=x2.device)
         BLOCK_M = _block_m(D)
-        dw = torch.empty((triton.cdiv(M, BLOCK_M), D), dtype=torch.float32, device=x2.device)
+        dw = torch.empty((cdiv(M, BLOCK_M), D), dtype=torch.float32, device=x2.device)
         _rmsnorm_bwd_kernel[(dw.shape[0],)](
             x2, x2 if r2 is None else r2, weight, dout, dres_out, dx, dx if dres is None else dres, dw, M, D,
             ctx.eps, x2.stride(0), 0 if r2 is None else r2.stride(0), HAS_RES=r2 is not None, BLOCK_M=BLOCK_M,
-            BLOCK_D=triton.next_power_of_2(D))
+            BLOCK_D=next_power_of_2(D))
         return (dx.view(ctx.shape), None if dres is None else dres.view(ctx.shape), dw.sum(0).to(weight.dtype),
                 None, None)
 

@@ -25,13 +25,14 @@ tile's states and decays row by row and running dh_s = C_s dy_s + a_{s+1} dh_{s+
 is the decay of the row after (carried over from the tile after), so each state update costs one exponential
 per pass. It never inverts the recurrence: the previous state is kept, not reconstructed.
 """
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from .triton_common import check, unit_last_stride
+from .triton_common import cdiv, check, next_power_of_2, unit_last_stride
 
 LOG2E = tl.constexpr(1.4426950408889634)
 BLOCK_T = 4                                                  # steps per tile: _rows splits a tile into 4 rows
@@ -380,32 +381,41 @@ def _scan_bwd_kernel(
 # (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
 # the channel block of each pass is free, since checkpoints are stored per channel, not per program.
 # STAGES is the depth of the tile-load pipeline (3: 1.27x faster than 1 on the bidirectional forward at b128
-# L197, H100); STAGES_SEGMENTED (None: STAGES) is the segmented launches' own, which have warps enough to hide
-# the loads and may do better without the pipeline's extra instructions (kernel_notes.md, reading 3).
+# L197, H100); STAGES_SEGMENTED (None: STAGES) is the segmented launches' own: they have warps enough to hide
+# the loads, and without the pipeline's extra instructions the bidirectional scan at b8 L6085 runs 1.05x faster
+# forward and 1.09x forward+backward (1 against 3, H100, CUDA-graph timing; kernel_notes.md, reading 3).
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
-SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_SEGMENTED=None, num_warps=1, BLOCK_E_FWD=None,
+SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_SEGMENTED=1, num_warps=1, BLOCK_E_FWD=None,
                    BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count(device):
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
+
+
+@functools.lru_cache(maxsize=None)
+def _unused(device):
+    """A one-element fp32 buffer for the pointer arguments a launch does not read (the segment summaries of an
+    unsegmented scan, the checkpoints of a scan without backward): no allocation per call."""
+    return torch.empty(1, dtype=torch.float32, device=device)
 
 
 def _segments(cfg, programs, L, device):
     """(seg_len, n_seg) for a launch of ``programs`` programs per segment: one segment (seg_len >= L) when the
     programs fill the GPU, else segments of whole checkpoint chunks."""
     chunk = cfg['CKPT_TILES'] * BLOCK_T
-    n_chunks = triton.cdiv(L, chunk)
+    n_chunks = cdiv(L, chunk)
     min_programs = cfg['SEG_MIN_PROGRAMS'] or 2 * _sm_count(device)
     if programs >= min_programs or n_chunks < 2:
         return n_chunks * chunk, 1
     max_seg = cfg['SEG_MAX'] or max(2, math.isqrt(L // BLOCK_T))
-    want = min(n_chunks, triton.cdiv(cfg['SEG_TARGET_PROGRAMS'], programs), max_seg)
-    seg_len = triton.cdiv(n_chunks, want) * chunk
-    return seg_len, triton.cdiv(L, seg_len)
+    want = min(n_chunks, cdiv(cfg['SEG_TARGET_PROGRAMS'], programs), max_seg)
+    seg_len = cdiv(n_chunks, want) * chunk
+    return seg_len, cdiv(L, seg_len)
 
 
 def launch_config(batch, L, E, device, cfg=None):
@@ -417,8 +427,8 @@ def launch_config(batch, L, E, device, cfg=None):
     cfg = SCAN_CONFIG if cfg is None else cfg
     be_f = cfg['BLOCK_E_FWD'] or 32
     be_b = cfg['BLOCK_E_BWD'] or 16
-    return (be_f, _segments(cfg, batch * triton.cdiv(E, be_f), L, device),
-            be_b, _segments(cfg, batch * triton.cdiv(E, be_b), L, device))
+    return (be_f, _segments(cfg, batch * cdiv(E, be_f), L, device),
+            be_b, _segments(cfg, batch * cdiv(E, be_b), L, device))
 
 
 def _stages(cfg, n_seg):
@@ -450,29 +460,29 @@ class SelectiveScanFn(torch.autograd.Function):
         N = A.shape[-1]
         cfg = dict(SCAN_CONFIG)
         chunk = cfg['CKPT_TILES'] * BLOCK_T
-        n_ckpt = triton.cdiv(L, chunk) - 1 if any(ctx.needs_input_grad) else 0
+        n_ckpt = cdiv(L, chunk) - 1 if any(ctx.needs_input_grad) else 0
         block_e, (seg_len, n_seg), *bwd_launch = launch_config(batch, L, E, x.device, cfg)
         f32 = dict(dtype=torch.float32, device=x.device)
         out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
-        ckpt = torch.empty((ndir, batch, n_ckpt, N, E), **f32)
-        segsum = torch.empty((ndir, batch, n_seg, E) if n_seg > 1 else (1,), **f32)
-        segh = torch.empty((ndir, batch, n_seg, N, E) if n_seg > 1 else (1,), **f32)
+        ckpt = torch.empty((ndir, batch, n_ckpt, N, E), **f32) if n_ckpt else _unused(x.device)
+        segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
+        segh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
         for mode, d_first, d_last in _passes(ndir, n_seg):
-            _scan_fwd_kernel[(triton.cdiv(E, block_e), batch, n_seg)](
+            _scan_fwd_kernel[(cdiv(E, block_e), batch, n_seg)](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
                 out, ckpt, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z),
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=n_ckpt > 0,
-                BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
+                BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
                 STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'])
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt)
-        ctx.flags = (softplus, reverse, cfg, bwd_launch)
+        ctx.flags = (softplus, reverse, cfg, n_ckpt, bwd_launch)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, dt, A, B, C, D, z, dt_bias, ckpt = ctx.saved_tensors
-        softplus, reverse, cfg, (block_e, (seg_len, n_seg)) = ctx.flags
+        softplus, reverse, cfg, n_ckpt, (block_e, (seg_len, n_seg)) = ctx.flags
         dout = unit_last_stride(dout)
         ndir, batch, L, E = x.shape
         N = A.shape[-1]
@@ -485,16 +495,16 @@ class SelectiveScanFn(torch.autograd.Function):
         sums = torch.zeros(sum(math.prod(shape) for shape in shapes), **f32)
         dA, dD, dbias, dB, dC = (part.view(shape) for part, shape in
                                  zip(sums.split([math.prod(shape) for shape in shapes]), shapes))
-        grid = (triton.cdiv(E, block_e), batch, n_seg)
-        BLOCK_N = triton.next_power_of_2(N)
+        grid = (cdiv(E, block_e), batch, n_seg)
+        BLOCK_N = next_power_of_2(N)
         scratch = torch.empty(grid[0] * batch * n_seg * cfg['CKPT_TILES'] * BLOCK_N * block_e, **f32)
-        segsum = torch.empty((ndir, batch, n_seg, E) if n_seg > 1 else (1,), **f32)
-        segdh = torch.empty((ndir, batch, n_seg, N, E) if n_seg > 1 else (1,), **f32)
+        segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
+        segdh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
         for mode, d_first, d_last in _passes(ndir, n_seg):
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
                 dout, ckpt, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
-                batch, L, E, N, ckpt.shape[2], seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
+                batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_E=block_e,
                 BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'])
@@ -513,7 +523,7 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Tru
                                      ('dt_bias', dt_bias, (E,), True)):
         check(op, name, t, shape, x.device, optional)
     unsq = (lambda t: None if t is None else t.unsqueeze(0))
-    return SelectiveScanFn.apply(x[None], dt[None], A[None], B[None], C[None], unsq(D), z, unsq(dt_bias),
+    return SelectiveScanFn.apply(*(t.unsqueeze(0) for t in (x, dt, A, B, C)), unsq(D), z, unsq(dt_bias),
                                  bool(dt_softplus), bool(reverse))
 
 

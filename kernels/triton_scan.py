@@ -59,31 +59,35 @@ def _stack(r0, r1, r2, r3):
 
 @triton.jit
 def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
-    """delta = softplus(dt + bias) (threshold 20, as torch) on a tile; zero where masked.
-    Returns (u, delta) with u = dt + bias."""
+    """delta = softplus(u), u = dt + bias (threshold 20, as torch), on a tile; zero where masked.
+    Returns (d delta / du, delta); the derivative e^u / (1 + e^u) reuses the softplus's exponential (the forward
+    drops it)."""
     u = tl.load(dt_row + offs_t, mask=mask, other=0.).to(tl.float32) + bias
     if SOFTPLUS:
-        delta = tl.where(u > 20., u, tl.log(1. + tl.exp(u)))
+        e = tl.exp(u)
+        delta = tl.where(u > 20., u, tl.log(1. + e))
+        ddelta_du = tl.where(u > 20., 1., e / (1. + e))
     else:
         delta = u
-    return u, tl.where(mask, delta, 0.)
+        ddelta_du = tl.full(u.shape, 1., tl.float32)
+    return ddelta_du, tl.where(mask, delta, 0.)
 
 
 @triton.jit
 def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
           sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr):
     """Load the tile of scan steps s0 .. s0+3 (those below s_end <= L; zeros past it): time indices t (4,),
-    the mask (4, BLOCK_E), x, u = dt + bias and delta (4, BLOCK_E), B and C (4, BLOCK_N), all fp32."""
+    the mask (4, BLOCK_E), x, d delta / d dt and delta (4, BLOCK_E), B and C (4, BLOCK_N), all fp32."""
     s = s0 + steps
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
     mask_s = s < s_end
     mask = mask_s[:, None] & mask_e[None, :]
     x = tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.).to(tl.float32)
-    u, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
+    ddelta_du, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
     mask_bc = mask_s[:, None] & mask_n[None, :]
     Bt = tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
     Ct = tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
-    return t, mask, x, u, delta, Bt, Ct
+    return t, mask, x, ddelta_du, delta, Bt, Ct
 
 
 @triton.jit
@@ -185,7 +189,7 @@ def _scan_fwd_kernel(
         dsum = tl.zeros((BLOCK_E,), tl.float32)
         for tile in tl.range(tl.cdiv(s_end - s_begin, 4), num_stages=STAGES):
             s0 = s_begin + tile * 4
-            t, mask, x, u, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
+            t, mask, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
                                                  mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
             h, y = _tile_y(h, A2, delta, x, Bt, Ct)
             if MODE == 1:
@@ -218,15 +222,13 @@ def _dh_back(dh_after, a_after, Cs, dy):
 
 
 @triton.jit
-def _row_grads(dh, a, h_prev, h, A, Dv, d, x, u, dy, Bs, SOFTPLUS: tl.constexpr):
+def _row_grads(dh, a, h_prev, h, A, d, x, dy, Bs):
     """Gradients of one step from dL/dh_s (dh), its decay a, the states before and after it and its inputs.
-    Returns this step's contribution to dA (BLOCK_N, BLOCK_E), dx and d(dt) (BLOCK_E,), dB and dC (BLOCK_N,)."""
+    Returns this step's contribution to dA (BLOCK_N, BLOCK_E); <dh, B> and dL/d delta (BLOCK_E,), which the
+    caller finishes into dx and d(dt) on the whole tile; dB and dC (BLOCK_N,)."""
     dh_ah = dh * a * h_prev                                  # dL/d(delta A) per state
     dhB = tl.sum(dh * Bs[:, None], 0)
-    ddelta = tl.sum(dh_ah * A, 0) + x * dhB
-    if SOFTPLUS:
-        ddelta = tl.where(u > 20., ddelta, ddelta * tl.sigmoid(u))
-    return (dh_ah * d[None, :], d * dhB + Dv * dy, ddelta, tl.sum(dh * (d * x)[None, :], 1),
+    return (dh_ah * d[None, :], dhB, tl.sum(dh_ah * A, 0) + x * dhB, tl.sum(dh * (d * x)[None, :], 1),
             tl.sum(h * dy[None, :], 1))
 
 
@@ -307,7 +309,8 @@ def _scan_bwd_kernel(
             for jj in tl.range(n_sub, num_stages=STAGES):
                 j = n_sub - 1 - jj
                 s0 = (tile0 + j) * 4
-                t, mask, x, u, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip,
+                t, mask, x, ddelta_du, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, L,
+                                                             flip,
                                                      mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
                 do = tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
                              other=0.).to(tl.float32)
@@ -320,7 +323,6 @@ def _scan_bwd_kernel(
                     dy = do / NDIR
                 d0, d1, d2, d3 = _rows(delta)
                 x0, x1, x2, x3 = _rows(x)
-                u0, u1, u2, u3 = _rows(u)
                 b0, b1, b2, b3 = _rows(Bt)
                 c0, c1, c2, c3 = _rows(Ct)
                 g0, g1, g2, g3 = _rows(dy)
@@ -344,37 +346,43 @@ def _scan_bwd_kernel(
                         tl.store(dz_ptrs, y.to(dz_ptr.dtype.element_ty), mask=mask)
                 # dh back over the rows, with each row's gradients (unused in MODE 1, so not computed there)
                 dh = _dh_back(dh, a_next, c3, g3)
-                dA3, dx3, du3, dB3, dC3 = _row_grads(dh, a3, h3, h4, A, Dv, d3, x3, u3, g3, b3, SOFTPLUS)
+                dA3, dhB3, dd3, dB3, dC3 = _row_grads(dh, a3, h3, h4, A, d3, x3, g3, b3)
                 dh = _dh_back(dh, a3, c2, g2)
-                dA2, dx2, du2, dB2, dC2 = _row_grads(dh, a2, h2, h3, A, Dv, d2, x2, u2, g2, b2, SOFTPLUS)
+                dA2, dhB2, dd2, dB2, dC2 = _row_grads(dh, a2, h2, h3, A, d2, x2, g2, b2)
                 dh = _dh_back(dh, a2, c1, g1)
-                dA1, dx1, du1, dB1, dC1 = _row_grads(dh, a1, h1, h2, A, Dv, d1, x1, u1, g1, b1, SOFTPLUS)
+                dA1, dhB1, dd1, dB1, dC1 = _row_grads(dh, a1, h1, h2, A, d1, x1, g1, b1)
                 dh = _dh_back(dh, a1, c0, g0)
-                dA0, dx0, du0, dB0, dC0 = _row_grads(dh, a0, h0, h1, A, Dv, d0, x0, u0, g0, b0, SOFTPLUS)
+                dA0, dhB0, dd0, dB0, dC0 = _row_grads(dh, a0, h0, h1, A, d0, x0, g0, b0)
                 a_next = a0
                 if MODE == 1:
                     dsum += tl.sum(delta, 0) - tl.where(s0 == s_begin, d0, 0.)   # s_begin itself is not in it
                 else:
                     dA_acc += dA0 + dA1 + dA2 + dA3
-                    du = tl.where(mask, _stack(du0, du1, du2, du3), 0.)
+                    du = tl.where(mask, _stack(dd0, dd1, dd2, dd3) * ddelta_du, 0.)
                     dD_acc += tl.sum(dy * x, 0)
                     dbias_acc += tl.sum(du, 0)
                     tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
-                             _stack(dx0, dx1, dx2, dx3).to(dx_ptr.dtype.element_ty), mask=mask)
+                             (delta * _stack(dhB0, dhB1, dhB2, dhB3) + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty),
+                             mask=mask)
                     tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
                              mask=mask)
                     mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
-                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _stack(dB0, dB1, dB2, dB3), mask=mask_bc)
-                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _stack(dC0, dC1, dC2, dC3), mask=mask_bc)
+                    # relaxed: only atomicity is needed (the launch's end orders the sums); the default acq_rel
+                    # fences every add, and the adds cost 0.21 of 1.11 ms at b128 L197 (kernel_notes.md, reading 7)
+                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _stack(dB0, dB1, dB2, dB3), mask=mask_bc,
+                                  sem='relaxed')
+                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _stack(dC0, dC1, dC2, dC3), mask=mask_bc,
+                                  sem='relaxed')
             if MODE != 1:
                 tl.debug_barrier()                           # the next chunk overwrites the scratch
         if MODE == 1:
             tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, dsum, mask=mask_e)
             tl.store(segdh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], dh, mask=mask_ne)
         else:
-            tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne)
-            tl.atomic_add(dD_ptr + d * E + offs_e, dD_acc, mask=mask_e)
-            tl.atomic_add(dbias_ptr + d * E + offs_e, dbias_acc, mask=mask_e)
+            tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne,
+                          sem='relaxed')
+            tl.atomic_add(dD_ptr + d * E + offs_e, dD_acc, mask=mask_e, sem='relaxed')
+            tl.atomic_add(dbias_ptr + d * E + offs_e, dbias_acc, mask=mask_e, sem='relaxed')
 
 
 # Launch parameters (bench/kernel_notes.md has the measurements). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call for the whole package: kernel GPU tests, Triton vs reference on the whole model,
-# model throughput against DeiT, training and detection throughput. Writes at most 8 files to OUT.
+# model throughput against DeiT, training and detection throughput. Writes at most 8 files to OUT (about 7
+# minutes on an H100).
 # Usage (repo root, on the GPU machine): bash bench/gpu_final.sh [OUT_DIR]
 set -u
 OUT=${1:-${OUT:-/tmp/vim_gpu_out}}
@@ -14,8 +15,17 @@ export PYTHONPATH=/tmp/vim_pkg
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, timm, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'python', sys.version.split()[0])"
 } > "$OUT/env.txt" 2>&1
-timeout 150 python3 -P -m pytest -m gpu tests/kernels -q -p no:cacheprovider -rf -n 4 2>&1 | tail -25 > "$OUT/gpu_tests.log"
-tail -3 "$OUT/gpu_tests.log"
+# memcheck beside the tests: the segmented and one-segment scan, both conv1d kernels, add+RMSNorm (fp32, grads)
+MEMCHECK="(segmented and bidir_fp32) or (unsegmented and dtype0 and shape0) or (bidirectional_conv1d and shape1 \
+and dtype0) or (causal_conv1d and True-True-True) or (add_rms_norm and shape1 and dtype0 and fp32)"
+timeout 200 compute-sanitizer --tool memcheck --print-limit 20 python3 -P -m pytest -m gpu \
+  tests/kernels/test_triton_gpu.py -q -p no:cacheprovider -k "$MEMCHECK" 2>&1 | tail -8 > "$OUT/memcheck.log" &
+timeout 230 python3 -P -m pytest -m gpu tests/kernels -q -p no:cacheprovider -rf -n 8 -k "not long_sequence" 2>&1 \
+  | tail -25 > "$OUT/gpu_tests.log"
+wait
+timeout 200 python3 -P -m pytest -m gpu tests/kernels -q -p no:cacheprovider -rf -k long_sequence 2>&1 \
+  | tail -5 >> "$OUT/gpu_tests.log"
+tail -4 "$OUT/gpu_tests.log"; tail -2 "$OUT/memcheck.log"
 timeout 100 python3 bench/model_throughput.py --out "$OUT/model_throughput.md" 2>&1 | tail -14
 timeout 70 python3 bench/train_throughput.py --steps 40 --out "$OUT/train_throughput_b128.json" 2>&1 | tail -2
 timeout 70 python3 bench/detection_throughput.py --model vim_small_patch16_224 --batch-size 8 --size 800 1216 \

@@ -309,9 +309,9 @@ def _scan_bwd_kernel(
             for jj in tl.range(n_sub, num_stages=STAGES):
                 j = n_sub - 1 - jj
                 s0 = (tile0 + j) * 4
-                t, mask, x, ddelta_du, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, L,
-                                                             flip,
-                                                     mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+                t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
+                    x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
+                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
                 do = tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
                              other=0.).to(tl.float32)
                 if HAS_Z:

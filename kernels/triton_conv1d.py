@@ -63,38 +63,52 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, batch, L, E, sx_b, sx_t,
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr, L, E, sx_b, sx_t,
-                     sdo_d, sdo_b, sdo_t,
-                     NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
-    # Grid as the forward. x_t feeds outputs s = t + sign * (W-1-j) through tap j; the kernel recomputes their
-    # pre-activations (for SiLU's derivative) rather than storing them. dx is written; dw and dbias are summed
-    # over this tile into the tile's own slot of fp32 buffers (tiles, ndir, E, W) and (tiles, ndir, E), which the
-    # caller sums: atomics from every tile onto the same few addresses would serialise.
+def _conv_bwd_gate_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, g_ptr, dw_ptr, dbias_ptr, batch, L, E, sx_b, sx_t,
+                          sdo_d, sdo_b, sdo_t,
+                          NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                          W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    # Backward, step 1 (grid as the forward): g = dL/d(pre-activation) of this tile's own outputs, each
+    # recomputed once (for SiLU's derivative), written to g (ndir, batch, L, E) for step 2; dw and dbias summed
+    # over the tile into its own slot of fp32 buffers (tiles, ndir, E, W) and (tiles, ndir, E), which the caller
+    # sums: atomics from every tile onto the same few addresses would serialise.
     pid_b, t, offs_e, mask_e, x_row = _tile(x_ptr, E, sx_b, BLOCK_T, BLOCK_E)
     tile = pid_b * tl.num_programs(0) + tl.program_id(0)    # this tile's slot in the dw, dbias buffers
-    dx = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
+    mask = (t < L)[:, None] & mask_e[None, :]
     for d in tl.static_range(NDIR):
         sign, bias = _direction(d, bias_ptr, offs_e, mask_e, E, REVERSE, HAS_BIAS, BLOCK_E)
-        w_row = w_ptr + (d * E + offs_e) * W
+        g = tl.load(dout_ptr + d * sdo_d + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
+                    other=0.).to(tl.float32)
+        if SILU:
+            pre = _pre_activation(x_row, w_ptr + (d * E + offs_e) * W, bias, t, sign, mask_e, L, sx_t, W, BLOCK_T,
+                                  BLOCK_E)
+            sig = tl.sigmoid(pre)
+            g *= sig * (1. + pre * (1. - sig))
+        tl.store(g_ptr + ((d * batch + pid_b) * L + t[:, None]) * E + offs_e[None, :],
+                 g.to(g_ptr.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + (tile * NDIR + d) * E + offs_e, tl.sum(g, 0), mask=mask_e)
+        for k in tl.static_range(W):
+            src = t - sign * (W - 1 - k)
+            xk = tl.load(x_row + src[:, None] * sx_t, mask=((src >= 0) & (src < L))[:, None] & mask_e[None, :],
+                         other=0.).to(tl.float32)
+            tl.store(dw_ptr + ((tile * NDIR + d) * E + offs_e) * W + k, tl.sum(g * xk, 0), mask=mask_e)
+
+
+@triton.jit
+def _conv_bwd_dx_kernel(w_ptr, g_ptr, dx_ptr, batch, L, E,
+                        NDIR: tl.constexpr, REVERSE: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr,
+                        BLOCK_E: tl.constexpr):
+    # Backward, step 2 (grid as the forward): x_t feeds output s = t + sign * (W-1-j) through tap j, so
+    # dx_t = sum over directions and taps of w_j g_s, with g from step 1 (zero outside [0, L)).
+    pid_b, t, offs_e, mask_e, _ = _tile(g_ptr, E, 0, BLOCK_T, BLOCK_E)
+    dx = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
+    for d in tl.static_range(NDIR):
+        sign = _direction(d, w_ptr, offs_e, mask_e, E, REVERSE, False, BLOCK_E)[0]
         for j in tl.static_range(W):
             s = t + sign * (W - 1 - j)
-            mask = ((s >= 0) & (s < L))[:, None] & mask_e[None, :]
-            g = tl.load(dout_ptr + d * sdo_d + pid_b * sdo_b + s[:, None] * sdo_t + offs_e[None, :], mask=mask,
-                        other=0.).to(tl.float32)
-            if SILU:
-                pre = _pre_activation(x_row, w_row, bias, s, sign, mask_e, L, sx_t, W, BLOCK_T, BLOCK_E)
-                sig = tl.sigmoid(pre)
-                g *= sig * (1. + pre * (1. - sig))
-            dx += tl.load(w_row + j, mask=mask_e, other=0.).to(tl.float32)[None, :] * g
-            if j == W - 1:                                  # s = t: this tile's own outputs
-                if HAS_BIAS:
-                    tl.store(dbias_ptr + (tile * NDIR + d) * E + offs_e, tl.sum(g, 0), mask=mask_e)
-                for k in tl.static_range(W):
-                    src = t - sign * (W - 1 - k)
-                    xk = tl.load(x_row + src[:, None] * sx_t,
-                                 mask=((src >= 0) & (src < L))[:, None] & mask_e[None, :], other=0.).to(tl.float32)
-                    tl.store(dw_ptr + ((tile * NDIR + d) * E + offs_e) * W + k, tl.sum(g * xk, 0), mask=mask_e)
+            g = tl.load(g_ptr + ((d * batch + pid_b) * L + s[:, None]) * E + offs_e[None, :],
+                        mask=((s >= 0) & (s < L))[:, None] & mask_e[None, :], other=0.).to(tl.float32)
+            dx += tl.load(w_ptr + (d * E + offs_e) * W + j, mask=mask_e, other=0.).to(tl.float32)[None, :] * g
     tl.store(dx_ptr + (pid_b * L + t[:, None]) * E + offs_e[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=(t < L)[:, None] & mask_e[None, :])
 
@@ -131,13 +145,15 @@ class Conv1dFn(torch.autograd.Function):
         ndir, _, W = weight.shape
         cfg = CONV_CONFIG
         dx = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
+        g = torch.empty((ndir, batch, L, E), dtype=dout.dtype, device=x.device)   # dL/d(pre-activation)
         grid = (cdiv(L, cfg['BLOCK_T']), cdiv(E, cfg['BLOCK_E']), batch)
         dw = torch.empty((grid[0] * batch, *weight.shape), dtype=torch.float32, device=x.device)
         dbias = torch.empty((grid[0] * batch, ndir, E), dtype=torch.float32, device=x.device)
-        _conv_bwd_kernel[grid](x, weight, x if bias is None else bias, dout, dx, dw, dbias, L, E,
-                               *x.stride()[:2], *dout.stride()[:3],
-                               NDIR=ndir, REVERSE=reverse, HAS_BIAS=bias is not None, SILU=silu, W=W,
-                               BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
+        blocks = dict(W=W, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
+        _conv_bwd_gate_kernel[grid](x, weight, x if bias is None else bias, dout, g, dw, dbias, batch, L, E,
+                                    *x.stride()[:2], *dout.stride()[:3], NDIR=ndir, REVERSE=reverse,
+                                    HAS_BIAS=bias is not None, SILU=silu, **blocks)
+        _conv_bwd_dx_kernel[grid](weight, g, dx, batch, L, E, NDIR=ndir, REVERSE=reverse, **blocks)
         return dx, dw.sum(0).to(weight.dtype), None if bias is None else dbias.sum(0).to(bias.dtype), None, None
 
 

@@ -22,6 +22,7 @@ import torch
 import triton
 
 from vim.kernels import triton_ops
+from bench_kernels import fwd_bwd
 from report import emit, finish
 
 CALLS = 300
@@ -36,16 +37,6 @@ def per_call_us(fn, calls=CALLS):
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls * 1e6
-
-
-def fwd_bwd(fn, inputs):
-    leaves = [t.detach().requires_grad_() if t.is_floating_point() else t for t in inputs]
-
-    def run():
-        out = fn(*leaves)
-        out = out[0] if isinstance(out, tuple) else out
-        out.backward(torch.ones_like(out))
-    return run
 
 
 def ops(batch=2, L=16, E=64, N=16):

@@ -27,22 +27,27 @@ def _pre_activation(x_row, w_row, bias, t, sign, mask_e, L, sx_t, W: tl.constexp
 
 
 @triton.jit
-def _tile(x_ptr, E, sx_b, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
-    """This program's tile: batch element, times, channels (mask) and x's row pointers at those channels."""
-    pid_b = tl.program_id(2).to(tl.int64)
+def _tile(E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    """This program's tile (grid (cdiv(L, BLOCK_T), cdiv(E, BLOCK_E), batch)): batch element, times, channels
+    and their mask."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    return pid_b, t, offs_e, offs_e < E, x_ptr + pid_b * sx_b + offs_e[None, :]
+    return tl.program_id(2).to(tl.int64), t, offs_e, offs_e < E
 
 
 @triton.jit
-def _direction(d, bias_ptr, offs_e, mask_e, E, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr,
-               BLOCK_E: tl.constexpr):
-    """Direction d's tap direction (+1: taps reach back in time, -1: forward) and its bias (zeros if none)."""
+def _tap_sign(d, REVERSE: tl.constexpr):
+    """Direction d's tap direction: +1 when its taps reach back in time, -1 when they reach forward."""
+    return 1 - 2 * ((d + REVERSE) % 2)
+
+
+@triton.jit
+def _bias(d, bias_ptr, offs_e, mask_e, E, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Direction d's bias at this tile's channels, fp32 (zeros if none)."""
     bias = tl.zeros((BLOCK_E,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
-    return 1 - 2 * ((d + REVERSE) % 2), bias
+    return bias
 
 
 @triton.jit
@@ -50,10 +55,11 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, batch, L, E, sx_b, sx_t,
                      NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                      W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     # Grid: (cdiv(L, BLOCK_T), cdiv(E, BLOCK_E), batch): one (time, channel) tile of one batch element.
-    pid_b, t, offs_e, mask_e, x_row = _tile(x_ptr, E, sx_b, BLOCK_T, BLOCK_E)
+    pid_b, t, offs_e, mask_e = _tile(E, BLOCK_T, BLOCK_E)
+    x_row = x_ptr + pid_b * sx_b + offs_e[None, :]
     mask = (t < L)[:, None] & mask_e[None, :]
     for d in tl.static_range(NDIR):
-        sign, bias = _direction(d, bias_ptr, offs_e, mask_e, E, REVERSE, HAS_BIAS, BLOCK_E)
+        sign, bias = _tap_sign(d, REVERSE), _bias(d, bias_ptr, offs_e, mask_e, E, HAS_BIAS, BLOCK_E)
         out = _pre_activation(x_row, w_ptr + (d * E + offs_e) * W, bias, t, sign, mask_e, L, sx_t, W, BLOCK_T,
                               BLOCK_E)
         if SILU:
@@ -71,11 +77,12 @@ def _conv_bwd_gate_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, g_ptr, dw_ptr, dbias
     # recomputed once (for SiLU's derivative), written to g (ndir, batch, L, E) for step 2; dw and dbias summed
     # over the tile into its own slot of fp32 buffers (tiles, ndir, E, W) and (tiles, ndir, E), which the caller
     # sums: atomics from every tile onto the same few addresses would serialise.
-    pid_b, t, offs_e, mask_e, x_row = _tile(x_ptr, E, sx_b, BLOCK_T, BLOCK_E)
+    pid_b, t, offs_e, mask_e = _tile(E, BLOCK_T, BLOCK_E)
+    x_row = x_ptr + pid_b * sx_b + offs_e[None, :]
     tile = pid_b * tl.num_programs(0) + tl.program_id(0)    # this tile's slot in the dw, dbias buffers
     mask = (t < L)[:, None] & mask_e[None, :]
     for d in tl.static_range(NDIR):
-        sign, bias = _direction(d, bias_ptr, offs_e, mask_e, E, REVERSE, HAS_BIAS, BLOCK_E)
+        sign, bias = _tap_sign(d, REVERSE), _bias(d, bias_ptr, offs_e, mask_e, E, HAS_BIAS, BLOCK_E)
         g = tl.load(dout_ptr + d * sdo_d + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
                     other=0.).to(tl.float32)
         if SILU:
@@ -100,10 +107,10 @@ def _conv_bwd_dx_kernel(w_ptr, g_ptr, dx_ptr, batch, L, E,
                         BLOCK_E: tl.constexpr):
     # Backward, step 2 (grid as the forward): x_t feeds output s = t + sign * (W-1-j) through tap j, so
     # dx_t = sum over directions and taps of w_j g_s, with g from step 1 (zero outside [0, L)).
-    pid_b, t, offs_e, mask_e, _ = _tile(g_ptr, E, 0, BLOCK_T, BLOCK_E)
+    pid_b, t, offs_e, mask_e = _tile(E, BLOCK_T, BLOCK_E)
     dx = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
     for d in tl.static_range(NDIR):
-        sign = _direction(d, w_ptr, offs_e, mask_e, E, REVERSE, False, BLOCK_E)[0]
+        sign = _tap_sign(d, REVERSE)
         for j in tl.static_range(W):
             s = t + sign * (W - 1 - j)
             g = tl.load(g_ptr + ((d * batch + pid_b) * L + s[:, None]) * E + offs_e[None, :],

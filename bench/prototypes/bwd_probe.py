@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 
 sys.path[:0] = ['bench']
 import bench_kernels  # noqa: E402
@@ -18,18 +19,19 @@ from vim.kernels import triton_scan  # noqa: E402
 
 
 def variant(name, replacements):
-    """triton_scan with text replacements, loaded as a sibling module (its relative imports resolve)."""
+    """triton_scan with text replacements, loaded from a temporary file as a module of vim.kernels (so its
+    relative imports resolve) without writing into the package."""
     src = open(triton_scan.__file__).read()
     for old, new in replacements:
         assert old in src, old
         src = src.replace(old, new)
-    path = os.path.join(os.path.dirname(triton_scan.__file__), f'_probe_{name}.py')
-    with open(path, 'w') as f:
-        f.write(src)
-    spec = importlib.util.spec_from_file_location(f'vim.kernels._probe_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    os.remove(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f'_probe_{name}.py')
+        with open(path, 'w') as f:
+            f.write(src)
+        spec = importlib.util.spec_from_file_location(f'vim.kernels._probe_{name}', path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)                   # the kernels keep their source from here on
     return module
 
 

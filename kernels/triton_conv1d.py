@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import cdiv, check, unit_last_stride
+from .triton_math import sigmoid
 
 
 @triton.jit
@@ -63,7 +64,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, batch, L, E, sx_b, sx_t,
         out = _pre_activation(x_row, w_ptr + (d * E + offs_e) * W, bias, t, sign, mask_e, L, sx_t, W, BLOCK_T,
                               BLOCK_E)
         if SILU:
-            out *= tl.sigmoid(out)
+            out *= sigmoid(out)
         tl.store(out_ptr + ((d * batch + pid_b) * L + t[:, None]) * E + offs_e[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -88,7 +89,7 @@ def _conv_bwd_gate_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, g_ptr, dw_ptr, dbias
         if SILU:
             pre = _pre_activation(x_row, w_ptr + (d * E + offs_e) * W, bias, t, sign, mask_e, L, sx_t, W, BLOCK_T,
                                   BLOCK_E)
-            sig = tl.sigmoid(pre)
+            sig = sigmoid(pre)
             g *= sig * (1. + pre * (1. - sig))
         tl.store(g_ptr + ((d * batch + pid_b) * L + t[:, None]) * E + offs_e[None, :],
                  g.to(g_ptr.dtype.element_ty), mask=mask)

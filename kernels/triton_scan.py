@@ -18,7 +18,8 @@ segment). Pass 1 runs each segment from a zero state and keeps its end state and
 segment's decay is exp(A * sum delta)); pass 2 folds the earlier segments' summaries into the true entry state
 and replays the segment. The backward does the same with dh, in reverse. launch_config picks it by shape.
 
-Backward: the forward (when autograd needs it) stores the state every CKPT_TILES * 4 steps. The backward
+Backward: the forward (when autograd needs it) stores the state every CKPT_TILES * 4 steps and, with z, the
+output before the gate (dz needs it; recomputing it instead cost the backward ~13%). The backward
 walks those chunks last to first: it recomputes the states entering each tile of the chunk from the chunk's
 checkpoint (kept in a small per-program scratch buffer), then sweeps the tiles in reverse, recomputing each
 tile's states and decays row by row and running dh_s = C_s dy_s + a_{s+1} dh_{s+1} back over the rows; a_{s+1}
@@ -33,8 +34,8 @@ import triton
 import triton.language as tl
 
 from .triton_common import cdiv, check, next_power_of_2, unit_last_stride
+from .triton_math import LOG2E, sigmoid, softplus
 
-LOG2E = tl.constexpr(1.4426950408889634)
 BLOCK_T = 4                                                  # steps per tile: _rows splits a tile into 4 rows
 
 
@@ -59,14 +60,11 @@ def _stack(r0, r1, r2, r3):
 
 @triton.jit
 def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
-    """delta = softplus(u), u = dt + bias (threshold 20, as torch), on a tile; zero where masked.
-    Returns (d delta / du, delta); the derivative e^u / (1 + e^u) reuses the softplus's exponential (the forward
-    drops it)."""
+    """delta = softplus(u), u = dt + bias, on a tile; zero where masked. Returns (d delta / du, delta); the
+    forward drops the derivative."""
     u = tl.load(dt_row + offs_t, mask=mask, other=0.).to(tl.float32) + bias
     if SOFTPLUS:
-        e = tl.exp(u)
-        delta = tl.where(u > 20., u, tl.log(1. + e))
-        ddelta_du = tl.where(u > 20., 1., e / (1. + e))
+        delta, ddelta_du = softplus(u)
     else:
         delta = u
         ddelta_du = tl.full(u.shape, 1., tl.float32)
@@ -147,7 +145,7 @@ def _direction(d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A
 
 @triton.jit
 def _scan_fwd_kernel(
-        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr, segsum_ptr, segh_ptr,
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr, y_ptr, segsum_ptr, segh_ptr,
         batch, L, E, N, n_ckpt, seg_len, n_seg,
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t,
         NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
@@ -186,23 +184,26 @@ def _scan_fwd_kernel(
                 h_i = tl.load(segh_ptr + ((seg_row + i) * N + offs_n[:, None]) * E + offs_e[None, :],
                               mask=mask_ne, other=0.)
                 h = tl.exp2(A2 * dsum[None, :]) * h + h_i
-        dsum = tl.zeros((BLOCK_E,), tl.float32)
+        dsum = tl.zeros((4, BLOCK_E), tl.float32)            # MODE 1: per row; summed once at the end
         for tile in tl.range(tl.cdiv(s_end - s_begin, 4), num_stages=STAGES):
             s0 = s_begin + tile * 4
             t, mask, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
                                                  mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
             h, y = _tile_y(h, A2, delta, x, Bt, Ct)
             if MODE == 1:
-                dsum += tl.sum(delta, 0)
+                dsum += delta
             else:
                 y += Dv[None, :] * x
                 out_ptrs = out_row + t[:, None] * E
                 if d == 1:                                   # second direction: add the first, halve
                     y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
                 if HAS_Z and d == NDIR - 1:
+                    if SAVE:                                 # y before the gate, for the backward's dz
+                        tl.store(y_ptr + pid_b * L * E + t[:, None] * E + offs_e[None, :],
+                                 y.to(y_ptr.dtype.element_ty), mask=mask)
                     zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
                                  other=0.).to(tl.float32)
-                    y *= zt * tl.sigmoid(zt)
+                    y *= zt * sigmoid(zt)
                 tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
                 if SAVE:                                     # state entering chunk k = (tile+1) / CKPT_TILES
                     k = (s0 // 4 + 1) // CKPT_TILES
@@ -210,7 +211,7 @@ def _scan_fwd_kernel(
                     ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
                     tl.store(ckpt + offs_e[None, :], h, mask=mask_ne & keep)
         if MODE == 1:
-            tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, dsum, mask=mask_e)
+            tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, tl.sum(dsum, 0), mask=mask_e)
             tl.store(segh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], h, mask=mask_ne)
         tl.debug_barrier()                                   # the next direction reads this one's output
 
@@ -234,7 +235,7 @@ def _row_grads(dh, a, h_prev, h, A, d, x, dy, Bs):
 
 @triton.jit
 def _scan_bwd_kernel(
-        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, y_ptr, scratch_ptr,
         segsum_ptr, segdh_ptr, dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
         batch, L, E, N, n_ckpt, seg_len, n_seg,
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
@@ -252,7 +253,7 @@ def _scan_bwd_kernel(
     #   segdh, and the sum of delta over steps s0+1 .. s1 of segment [s0, s1) -> segsum (the decay from dh_{s1}
     #   to dh_{s0} is exp(A * that sum)). Nothing else is written.
     # MODE 2 (segmented, pass 2): dh after the segment from the later segments' summaries, then the full
-    #   backward of the segment; launched once per direction (dz carries the first direction's y).
+    #   backward of the segment; launched once per direction.
     pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
     pid_s = tl.program_id(2)
     s_begin = pid_s * seg_len
@@ -262,7 +263,7 @@ def _scan_bwd_kernel(
     # This program's scratch: the states entering each tile of the current chunk, (CKPT_TILES, BLOCK_N, BLOCK_E).
     scratch = (scratch_ptr + ((pid_s * batch + pid_b) * tl.num_programs(0) + pid_e) * CKPT_TILES * BLOCK_N
                * BLOCK_E + offs_n[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
-    row = pid_b * L * E + offs_e[None, :]                   # dx, ddt, dz, out: contiguous (.., batch, L, E)
+    row = pid_b * L * E + offs_e[None, :]                   # dx, ddt, dz, y: contiguous (.., batch, L, E)
     for d in tl.static_range(D_FIRST, D_LAST):
         flip = (d + REVERSE) % 2
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
@@ -286,7 +287,8 @@ def _scan_bwd_kernel(
         dA_acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         dD_acc = tl.zeros((BLOCK_E,), tl.float32)
         dbias_acc = tl.zeros((BLOCK_E,), tl.float32)
-        dsum = tl.sum(delta_end, 0)                          # MODE 1: steps s_begin+1 .. s_end
+        # MODE 1: the deltas of steps s_begin+1 .. s_end, per row of the tile; summed once at the end
+        dsum = tl.where(steps[:, None] == 0, delta_end, 0.)
         k_begin = s_begin // (CKPT_TILES * 4)
         n_chunks = tl.cdiv(tl.cdiv(s_end, 4), CKPT_TILES) - k_begin
         for kk in range(n_chunks):
@@ -317,8 +319,12 @@ def _scan_bwd_kernel(
                 if HAS_Z:
                     zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
                                  other=0.).to(tl.float32)
-                    sig = tl.sigmoid(zt)
+                    sig = sigmoid(zt)
                     dy = do * zt * sig / NDIR
+                    if d == NDIR - 1 and MODE != 1:          # dz from the y the forward saved
+                        y = tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.).to(tl.float32)
+                        tl.store(dz_ptr + row + t[:, None] * E,
+                                 (do * y * sig * (1. + zt * (1. - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
                 else:
                     dy = do / NDIR
                 d0, d1, d2, d3 = _rows(delta)
@@ -334,16 +340,6 @@ def _scan_bwd_kernel(
                 a1, h2 = _step(h1, A2, d1, d1 * x1, b1)
                 a2, h3 = _step(h2, A2, d2, d2 * x2, b2)
                 a3, h4 = _step(h3, A2, d3, d3 * x3, b3)
-                if MODE != 1:
-                    if HAS_Z:                                # dz needs y (both directions' for the second)
-                        y = _stack(tl.sum(h1 * c0[:, None], 0), tl.sum(h2 * c1[:, None], 0),
-                                   tl.sum(h3 * c2[:, None], 0), tl.sum(h4 * c3[:, None], 0)) + Dv[None, :] * x
-                        dz_ptrs = dz_ptr + row + t[:, None] * E
-                        if d == 1:                           # y of the first direction, parked in dz
-                            y = (y + tl.load(dz_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
-                        if d == NDIR - 1:
-                            y = do * y * sig * (1. + zt * (1. - sig))
-                        tl.store(dz_ptrs, y.to(dz_ptr.dtype.element_ty), mask=mask)
                 # dh back over the rows, with each row's gradients (unused in MODE 1, so not computed there)
                 dh = _dh_back(dh, a_next, c3, g3)
                 dA3, dhB3, dd3, dB3, dC3 = _row_grads(dh, a3, h3, h4, A, d3, x3, g3, b3)
@@ -355,7 +351,7 @@ def _scan_bwd_kernel(
                 dA0, dhB0, dd0, dB0, dC0 = _row_grads(dh, a0, h0, h1, A, d0, x0, g0, b0)
                 a_next = a0
                 if MODE == 1:
-                    dsum += tl.sum(delta, 0) - tl.where(s0 == s_begin, d0, 0.)   # s_begin itself is not in it
+                    dsum += tl.where((s0 + steps == s_begin)[:, None], 0., delta)   # s_begin itself is not in it
                 else:
                     dA_acc += dA0 + dA1 + dA2 + dA3
                     du = tl.where(mask, _stack(dd0, dd1, dd2, dd3) * ddelta_du, 0.)
@@ -376,7 +372,7 @@ def _scan_bwd_kernel(
             if MODE != 1:
                 tl.debug_barrier()                           # the next chunk overwrites the scratch
         if MODE == 1:
-            tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, dsum, mask=mask_e)
+            tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, tl.sum(dsum, 0), mask=mask_e)
             tl.store(segdh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], dh, mask=mask_ne)
         else:
             tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne,
@@ -468,28 +464,31 @@ class SelectiveScanFn(torch.autograd.Function):
         N = A.shape[-1]
         cfg = dict(SCAN_CONFIG)
         chunk = cfg['CKPT_TILES'] * BLOCK_T
-        n_ckpt = cdiv(L, chunk) - 1 if any(ctx.needs_input_grad) else 0
+        save = any(ctx.needs_input_grad)
+        n_ckpt = cdiv(L, chunk) - 1 if save else 0
         block_e, (seg_len, n_seg), *bwd_launch = launch_config(batch, L, E, x.device, cfg)
         f32 = dict(dtype=torch.float32, device=x.device)
         out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
         ckpt = torch.empty((ndir, batch, n_ckpt, N, E), **f32) if n_ckpt else _unused(x.device)
+        y = torch.empty_like(out) if save and z is not None else None   # before the gate, for dz
         segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
         segh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
         for mode, d_first, d_last in _passes(ndir, n_seg):
             _scan_fwd_kernel[(cdiv(E, block_e), batch, n_seg)](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-                out, ckpt, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z),
+                out, ckpt, out if y is None else y, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg,
+                *_strides(x, dt, B, C, z),
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
-                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=n_ckpt > 0,
+                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
                 BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
                 STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'])
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt, y)
         ctx.flags = (softplus, reverse, cfg, n_ckpt, bwd_launch)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, dt, A, B, C, D, z, dt_bias, ckpt = ctx.saved_tensors
+        x, dt, A, B, C, D, z, dt_bias, ckpt, y = ctx.saved_tensors
         softplus, reverse, cfg, n_ckpt, (block_e, (seg_len, n_seg)) = ctx.flags
         dout = unit_last_stride(dout)
         ndir, batch, L, E = x.shape
@@ -511,7 +510,7 @@ class SelectiveScanFn(torch.autograd.Function):
         for mode, d_first, d_last in _passes(ndir, n_seg):
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-                dout, ckpt, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
+                dout, ckpt, dout if y is None else y, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
                 batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_E=block_e,

@@ -12,8 +12,10 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
-from vim.kernels import ops, reference, triton_conv1d, triton_ops, triton_scan
+from vim.kernels import ops, reference, triton_conv1d, triton_math, triton_ops, triton_scan
 
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 DEVICE = 'cpu' if INTERPRET else 'cuda'
@@ -78,6 +80,35 @@ def scan_leaves(lead, batch, L, E, N, dtype, pad=0):
 def split_scan(x, dt, A, BC, D, z, bias, E, N, pad):
     """Views of the leaves with the strides the mixer produces."""
     return (x[..., pad:], dt[..., :E], A, BC[..., pad:pad + N], BC[..., pad + N:], D, z[..., pad:], bias)
+
+
+@triton.jit
+def _math_kernel(u_ptr, softplus_ptr, dsoftplus_ptr, sigmoid_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    u = tl.load(u_ptr + offs, mask=offs < n)
+    value, derivative = triton_math.softplus(u)
+    tl.store(softplus_ptr + offs, value, mask=offs < n)
+    tl.store(dsoftplus_ptr + offs, derivative, mask=offs < n)
+    tl.store(sigmoid_ptr + offs, triton_math.sigmoid(u), mask=offs < n)
+
+
+def test_softplus_and_sigmoid_everywhere():
+    """The kernels' softplus (log1p polynomial) and sigmoid against float64 torch, element by element, over
+    the whole float32 range that matters: tiny and huge magnitudes, both signs, torch's threshold at 20."""
+    mags = torch.cat([torch.logspace(-8, 2, 2000, dtype=torch.float64), torch.linspace(0, 25, 2001, dtype=torch.float64)])
+    u = torch.cat([mags, -mags, torch.tensor([19.99, 20., 20.01, 88., 100., -88., -100.], dtype=torch.float64)])
+    outs = [torch.empty(u.numel(), device=DEVICE) for _ in range(3)]
+    _math_kernel[(triton.cdiv(u.numel(), 1024),)](u.float().to(DEVICE), *outs, u.numel(), BLOCK=1024)
+    u32 = u.float().double()                     # the float32 inputs the kernel saw
+    # exp(-|u|) is exp2 of the float32 product -|u| log2(e), whose rounding alone is a relative error of up to
+    # |u| 2^-24 in the exponential: allow that beside 1e-6 for the rest
+    tol = 1e-6 + u32.abs() * 2 ** -23
+    for name, out, ref in (('softplus', outs[0], torch.nn.functional.softplus(u32)),
+                           ('softplus derivative', outs[1], torch.sigmoid(u32)),
+                           ('sigmoid', outs[2], torch.sigmoid(u32))):
+        rel = (out.cpu().double() - ref).abs() / ref.abs().clamp_min(1e-30)
+        worst = (rel / tol).argmax()
+        assert (rel < tol).all(), f'{name}: relative error {rel[worst]:.2e} at u = {u32[worst]:.6g}'
 
 
 SCAN_SHAPES = [(1, 1, 12, 4), (2, 13, 12, 4)] if INTERPRET else [

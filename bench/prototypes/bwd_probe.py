@@ -1,6 +1,7 @@
 """Where the scan backward's time goes (bench/kernel_notes.md, reading 7): the production backward against
 variants, CUDA-graph timing, and an ncu pass. Variants: dB and dC atomics as plain stores (wrong values, timing
-only: what the atomics cost); a register cap on the backward (more warps per SM, more spills).
+only: what the atomics cost); the backward's load-pipeline depth, alone and with a register cap (more warps per
+SM, more spills).
 
     python3 bench/prototypes/bwd_probe.py                        # timings, Vim-Tiny b128 L197 and b8 L6085
     ncu --section SchedulerStats --section WarpStateStats --section Occupancy --section SpeedOfLight \
@@ -51,8 +52,21 @@ variants = [('production', triton_scan),
                 ("tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _stack(dC0, dC1, dC2, dC3), mask=mask_bc,\n"
                  "                                  sem='relaxed')", "tl.store(dC_ptr + dBC_row + t[:, None] * N, "
                  "_stack(dC0, dC1, dC2, dC3), mask=mask_bc)")]))]
-variants += [(f'backward maxnreg {n}', variant(f'maxnreg{n}', [(BWD_LAUNCH, BWD_LAUNCH.replace(
-    "num_warps=cfg['num_warps'])", f"num_warps=cfg['num_warps'], maxnreg={n})"))])) for n in (200, 168)]
+
+
+def backward_launch(stages=None, maxnreg=None):
+    """The backward launch with its pipeline depth and/or register cap fixed."""
+    launch = BWD_LAUNCH
+    if stages is not None:
+        launch = launch.replace('STAGES=_stages(cfg, n_seg)', f'STAGES={stages}')
+    if maxnreg is not None:
+        launch = launch.replace("num_warps=cfg['num_warps'])", f"num_warps=cfg['num_warps'], maxnreg={maxnreg})")
+    return [(BWD_LAUNCH, launch)]
+
+
+variants += [(f'backward STAGES {s}', variant(f'stages{s}', backward_launch(stages=s))) for s in (1, 2)]
+variants += [(f'backward STAGES {s} maxnreg {n}', variant(f'stages{s}_maxnreg{n}', backward_launch(s, n)))
+             for s, n in ((2, 200), (2, 168), (2, 128))]
 for batch, L in ((128, 197), (8, 6085)):
     inputs = scan_inputs(None, batch, L, 384)
     for name, module in variants:

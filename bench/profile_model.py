@@ -1,0 +1,49 @@
+"""Where a model's forward spends its GPU time: torch.profiler's per-kernel totals over a few batches.
+
+    python bench/profile_model.py [--model vim_tiny_patch16_224] [--size 224] [--batch 256] [--steps 5]
+
+bf16 autocast inference, as bench/model_throughput.py; prints the median wall time per batch (CUDA events) and
+the kernels sorted by their total GPU time.
+"""
+import argparse
+import statistics
+
+import timm
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import vim  # noqa: F401  registers vim_*
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', default='vim_tiny_patch16_224')
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--batch', type=int, default=256)
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--rows', type=int, default=15)
+    args = parser.parse_args()
+    model = timm.create_model(args.model, img_size=args.size).cuda().eval()
+    images = torch.randn(args.batch, 3, args.size, args.size, device='cuda')
+    with torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16):
+        for _ in range(3):
+            model(images)
+        times = []
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(images)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        print(f'{args.model} {args.size}px batch {args.batch}: {statistics.median(times):.2f} ms per batch '
+              f'(min {min(times):.2f}, max {max(times):.2f}), {args.batch / statistics.median(times) * 1e3:.0f} img/s')
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                model(images)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == '__main__':
+    main()

@@ -510,7 +510,8 @@ class SelectiveScanFn(torch.autograd.Function):
         for mode, d_first, d_last in _passes(ndir, n_seg):
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-                dout, ckpt, dout if y is None else y, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD, dx if dz is None else dz, dbias,
+                dout, ckpt, dout if y is None else y, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD,
+                dx if dz is None else dz, dbias,
                 batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_E=block_e,

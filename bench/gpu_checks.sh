@@ -15,9 +15,7 @@ export PYTHONPATH=/tmp/pkg
   python3 -c "import torch, triton, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'python', sys.version.split()[0])"
 } > "$OUT/env.txt" 2>&1
 T1=${T1:-150}
-# memcheck: the segmented and one-segment scan, both conv1d kernels and RMSNorm, fp32, values and gradients
-MEMCHECK_DEFAULT="(segmented and bidir_fp32) or (unsegmented and dtype0 and shape0) or (bidirectional_conv1d and \
-shape1 and dtype0) or (causal_conv1d and True-True-True) or (add_rms_norm and shape1 and dtype0 and fp32)"
+MEMCHECK_DEFAULT=$(cat bench/memcheck_cases.txt)   # the cases memcheck runs (see bench/gpu_final.sh)
 SEL=${SEL:-"not model and not long_sequence"}   # every kernel case but the two slow ones (run them alone)
 python3 -P -m pytest -m gpu tests/kernels/test_triton_gpu.py -q -p no:cacheprovider --collect-only -k "$SEL" 2>/dev/null \
   | grep '::' > /tmp/ids.txt

@@ -15,9 +15,9 @@ export PYTHONPATH=/tmp/vim_pkg
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, timm, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'python', sys.version.split()[0])"
 } > "$OUT/env.txt" 2>&1
-# memcheck beside the tests: the segmented and one-segment scan, both conv1d kernels, add+RMSNorm (fp32, grads)
-MEMCHECK="(segmented and bidir_fp32) or (unsegmented and dtype0 and shape0) or (bidirectional_conv1d and shape1 \
-and dtype0) or (causal_conv1d and True-True-True) or (add_rms_norm and shape1 and dtype0 and fp32)"
+# memcheck beside the tests on bench/memcheck_cases.txt: the segmented and one-segment scan, both conv1d kernels,
+# add+RMSNorm (fp32, values and gradients) and the softplus / sigmoid helpers
+MEMCHECK=$(cat bench/memcheck_cases.txt)
 timeout 200 compute-sanitizer --tool memcheck --print-limit 20 python3 -P -m pytest -m gpu \
   tests/kernels/test_triton_gpu.py -q -p no:cacheprovider -k "$MEMCHECK" 2>&1 | tail -8 > "$OUT/memcheck.log" &
 timeout 230 python3 -P -m pytest -m gpu tests/kernels -q -p no:cacheprovider -rf -n 8 -k "not long_sequence" 2>&1 \

@@ -20,23 +20,30 @@ CASES = [(224, 256), (1248, 8)]
 MODELS = ['deit_tiny_patch16_224', 'vim_tiny_patch16_224', 'deit_small_patch16_224', 'vim_small_patch16_224']
 
 
+def batch_times(model, images, repeats=20):
+    """Seconds per forward of ``model`` on ``images`` (CUDA events), after 3 warm-up calls; call it inside
+    inference mode and autocast. Peak-memory statistics restart after the warm-up."""
+    for _ in range(3):
+        model(images)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(images)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times
+
+
 def throughput(name, size, batch, backend=None, repeats=20):
     model = timm.create_model(name, img_size=size, num_classes=1000).cuda().eval()
     images = torch.randn(batch, 3, size, size, device='cuda')
     ctx = vim.kernels.use_backend(backend) if backend else contextlib.nullcontext()
-    times = []
     with ctx, torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16):
-        for _ in range(3):
-            model(images)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(images)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+        times = batch_times(model, images, repeats)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30
     del model
     torch.cuda.empty_cache()

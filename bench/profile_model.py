@@ -2,7 +2,7 @@
 
     python bench/profile_model.py [--model vim_tiny_patch16_224] [--size 224] [--batch 256] [--steps 5]
 
-bf16 autocast inference, as bench/model_throughput.py; prints the median wall time per batch (CUDA events) and
+bf16 autocast inference, timed as bench/model_throughput.py does; prints the median wall time per batch and
 the kernels sorted by their total GPU time.
 """
 import argparse
@@ -13,6 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import vim  # noqa: F401  registers vim_*
+from model_throughput import batch_times
 
 
 def main():
@@ -26,18 +27,9 @@ def main():
     model = timm.create_model(args.model, img_size=args.size).cuda().eval()
     images = torch.randn(args.batch, 3, args.size, args.size, device='cuda')
     with torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16):
-        for _ in range(3):
-            model(images)
-        times = []
-        for _ in range(10):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(images)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        print(f'{args.model} {args.size}px batch {args.batch}: {statistics.median(times):.2f} ms per batch '
-              f'(min {min(times):.2f}, max {max(times):.2f}), {args.batch / statistics.median(times) * 1e3:.0f} img/s')
+        ms = [t * 1e3 for t in batch_times(model, images, repeats=10)]
+        print(f'{args.model} {args.size}px batch {args.batch}: {statistics.median(ms):.2f} ms per batch '
+              f'(min {min(ms):.2f}, max {max(ms):.2f}), {args.batch / statistics.median(ms) * 1e3:.0f} img/s')
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(args.steps):
                 model(images)

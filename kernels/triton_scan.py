@@ -169,7 +169,7 @@ def _scan_fwd_kernel(
     s_begin = pid_s * seg_len                                # a multiple of CKPT_TILES * 4
     s_end = tl.minimum(s_begin + seg_len, L)
     steps = tl.arange(0, 4)
-    out_row = out_ptr + pid_b * L * E + offs_e[None, :]
+    row = pid_b * L * E + offs_e[None, :]                   # out, y: contiguous (batch, L, E)
     for d in tl.static_range(D_FIRST, D_LAST):
         flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
@@ -194,13 +194,12 @@ def _scan_fwd_kernel(
                 dsum += delta
             else:
                 y += Dv[None, :] * x
-                out_ptrs = out_row + t[:, None] * E
+                out_ptrs = out_ptr + row + t[:, None] * E
                 if d == 1:                                   # second direction: add the first, halve
                     y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
                 if HAS_Z and d == NDIR - 1:
                     if SAVE:                                 # y before the gate, for the backward's dz
-                        tl.store(y_ptr + pid_b * L * E + t[:, None] * E + offs_e[None, :],
-                                 y.to(y_ptr.dtype.element_ty), mask=mask)
+                        tl.store(y_ptr + row + t[:, None] * E, y.to(y_ptr.dtype.element_ty), mask=mask)
                     zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
                                  other=0.).to(tl.float32)
                     y *= zt * sigmoid(zt)

@@ -6,8 +6,9 @@ and 2 for the bidirectional scan of a Vim mixer, whose directions run one after 
 and whose outputs are summed, halved and gated in the kernel.
 
 A program owns BLOCK_E channels of one batch element and all N states of each, h as (BLOCK_N, BLOCK_E) fp32
-registers, and walks the sequence in tiles of 4 steps. A tile's x, dt, z, B and C are loaded as 2-D tiles
-through a software pipeline (``tl.range(num_stages=...)``: the loads of later tiles are in flight while this one
+registers (the forward holds a channel's N states in one thread, see _states_in_thread; the backward spreads
+them over 4 lanes, which keeps its sums of dB and dC over channels short), and walks the sequence in tiles of 4
+steps. A tile's x, dt, z, B and C are loaded as 2-D tiles through a software pipeline (``tl.range(num_stages=...)``: the loads of later tiles are in flight while this one
 computes), split into rows, and the recurrence h_s = exp(delta_s A) h_{s-1} + delta_s x_s B_s runs row by row:
 one exponential and five multiplies or adds per state update. ``s`` counts steps in scan order: time t = s forward,
 L-1-s in reverse, so the reverse direction reads the sequence backwards instead of flipping it.
@@ -62,13 +63,23 @@ def _stack(r0, r1, r2, r3):
 def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
     """delta = softplus(u), u = dt + bias, on a tile; zero where masked. Returns (d delta / du, delta); the
     forward drops the derivative."""
-    u = tl.load(dt_row + offs_t, mask=mask, other=0.).to(tl.float32) + bias
+    u = _f32(tl.load(dt_row + offs_t, mask=mask, other=0.)) + bias
     if SOFTPLUS:
         delta, ddelta_du = softplus(u)
     else:
         delta = u
         ddelta_du = tl.full(u.shape, 1., tl.float32)
     return ddelta_du, tl.where(mask, delta, 0.)
+
+
+@triton.jit
+def _f32(v):
+    """v as float32. bf16 widens by a shift of its bits: Triton's conversion compiles to two instructions
+    (PRMT + SHF) for every odd element of a packed pair, this to one."""
+    if v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)
 
 
 @triton.jit
@@ -80,11 +91,11 @@ def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, 
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
     mask_s = s < s_end
     mask = mask_s[:, None] & mask_e[None, :]
-    x = tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.).to(tl.float32)
+    x = _f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
     ddelta_du, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
     mask_bc = mask_s[:, None] & mask_n[None, :]
-    Bt = tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
-    Ct = tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.).to(tl.float32)
+    Bt = _f32(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
+    Ct = _f32(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
     return t, mask, x, ddelta_du, delta, Bt, Ct
 
 
@@ -127,12 +138,39 @@ def _channel_block(E, N, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _join_states(ptrs, mask_e, stride_n, n0, N, STEP: tl.constexpr, COUNT: tl.constexpr):
+    """fp32 values at ptrs[e] + n * stride_n for n = n0, n0 + STEP, .. (COUNT of them, zero from N on) as a
+    (BLOCK_E, 2, .., 2) tensor: n's lowest bit indexes the last axis. tl.join puts the axis it adds in the
+    thread, so every n of a channel lands in one thread."""
+    if COUNT == 1:
+        return tl.load(ptrs + n0 * stride_n, mask=mask_e & (n0 < N), other=0.).to(tl.float32)
+    else:
+        return tl.join(_join_states(ptrs, mask_e, stride_n, n0, N, 2 * STEP, COUNT // 2),
+                       _join_states(ptrs, mask_e, stride_n, n0 + STEP, N, 2 * STEP, COUNT // 2))
+
+
+@triton.jit
+def _states_in_thread(ptrs, mask_e, stride_n, N, BLOCK_N: tl.constexpr):
+    """The (BLOCK_N, BLOCK_E) fp32 tile at ptrs[e] + n * stride_n, laid out with all BLOCK_N states of a channel in
+    one thread. Triton lays a loaded tile out by its memory order (here 4 states per thread, 4 lanes per
+    channel); the arithmetic on this tile inherits its layout instead, so y = <C, h> needs no shuffles and the
+    per-channel work runs once per channel, not on 4 lanes."""
+    BLOCK_E: tl.constexpr = ptrs.shape[0]
+    return tl.trans(tl.reshape(_join_states(ptrs, mask_e, stride_n, 0, N, 1, BLOCK_N), (BLOCK_E, BLOCK_N)))
+
+
+@triton.jit
 def _direction(d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
                bias_ptr, sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b,
-               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr):
+               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+               STATES_IN_THREAD: tl.constexpr):
     """Direction d's parameters, A as (BLOCK_N, BLOCK_E), D and dt_bias (zeros when absent), fp32, and the
-    pointers to its rows of x, dt (at this program's channels), B and C."""
-    A = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne, other=0.).to(tl.float32)
+    pointers to its rows of x, dt (at this program's channels), B and C. A's layout sets the state's: all N
+    states in one thread (STATES_IN_THREAD) or as loaded."""
+    if STATES_IN_THREAD:
+        A = _states_in_thread(A_ptr + d * E * N + offs_e * N, mask_e, 1, N, BLOCK_N)
+    else:
+        A = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne, other=0.).to(tl.float32)
     Dv = tl.zeros((BLOCK_E,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
@@ -174,15 +212,14 @@ def _scan_fwd_kernel(
         flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E)
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, True)
         A2 = A * LOG2E
         seg_row = (d * batch + pid_b) * n_seg
         h = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         if MODE == 2:                                        # entry state from the earlier segments' summaries
             for i in range(pid_s):
                 dsum = tl.load(segsum_ptr + (seg_row + i) * E + offs_e, mask=mask_e, other=0.)
-                h_i = tl.load(segh_ptr + ((seg_row + i) * N + offs_n[:, None]) * E + offs_e[None, :],
-                              mask=mask_ne, other=0.)
+                h_i = _states_in_thread(segh_ptr + (seg_row + i) * N * E + offs_e, mask_e, E, N, BLOCK_N)
                 h = tl.exp2(A2 * dsum[None, :]) * h + h_i
         dsum = tl.zeros((4, BLOCK_E), tl.float32)            # MODE 1: per row; summed once at the end
         for tile in tl.range(tl.cdiv(s_end - s_begin, 4), num_stages=STAGES):
@@ -196,19 +233,19 @@ def _scan_fwd_kernel(
                 y += Dv[None, :] * x
                 out_ptrs = out_ptr + row + t[:, None] * E
                 if d == 1:                                   # second direction: add the first, halve
-                    y = (y + tl.load(out_ptrs, mask=mask, other=0.).to(tl.float32)) * 0.5
+                    y = (y + _f32(tl.load(out_ptrs, mask=mask, other=0.))) * 0.5
                 if HAS_Z and d == NDIR - 1:
                     if SAVE:                                 # y before the gate, for the backward's dz
                         tl.store(y_ptr + row + t[:, None] * E, y.to(y_ptr.dtype.element_ty), mask=mask)
-                    zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
-                                 other=0.).to(tl.float32)
+                    zt = _f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
+                                     other=0.))
                     y *= zt * sigmoid(zt)
                 tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
                 if SAVE:                                     # state entering chunk k = (tile+1) / CKPT_TILES
                     k = (s0 // 4 + 1) // CKPT_TILES
-                    keep = ((s0 // 4 + 1) % CKPT_TILES == 0) & (k <= n_ckpt)
-                    ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
-                    tl.store(ckpt + offs_e[None, :], h, mask=mask_ne & keep)
+                    if ((s0 // 4 + 1) % CKPT_TILES == 0) & (k <= n_ckpt):
+                        ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
+                        tl.store(ckpt + offs_e[None, :], h, mask=mask_ne)
         if MODE == 1:
             tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, tl.sum(dsum, 0), mask=mask_e)
             tl.store(segh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], h, mask=mask_ne)
@@ -267,7 +304,7 @@ def _scan_bwd_kernel(
         flip = (d + REVERSE) % 2
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E)
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, False)
         A2 = A * LOG2E
         dBC_row = (d * batch + pid_b) * L * N + offs_n[None, :]
         seg_row = (d * batch + pid_b) * n_seg
@@ -313,15 +350,15 @@ def _scan_bwd_kernel(
                 t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
                     x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
                     sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
-                do = tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
-                             other=0.).to(tl.float32)
+                do = _f32(tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
+                                 other=0.))
                 if HAS_Z:
-                    zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
-                                 other=0.).to(tl.float32)
+                    zt = _f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
+                                     other=0.))
                     sig = sigmoid(zt)
                     dy = do * zt * sig / NDIR
                     if d == NDIR - 1 and MODE != 1:          # dz from the y the forward saved
-                        y = tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.).to(tl.float32)
+                        y = _f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
                         tl.store(dz_ptr + row + t[:, None] * E,
                                  (do * y * sig * (1. + zt * (1. - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
                 else:

@@ -1,7 +1,7 @@
 """Instruction counts of the scan kernels' hot loops on sm_90, without a GPU.
 
 Compiles each kernel ahead of time for an H100 (Triton's bundled ptxas, target sm_90a), reports registers and
-spills from `ptxas -v`, and counts the SASS instructions of the largest loop (the tile loop) by opcode. The
+spills from `ptxas -v`, and counts the SASS instructions of each tile loop by opcode. The
 per-update figure divides that loop by the state updates one thread does per tile (4 steps x the states it
 holds), the number bench/kernel_notes.md budgets against.
 
@@ -48,8 +48,10 @@ def compile_sm90(kernel, constexprs, num_warps=1):
     return '; '.join(used), sass
 
 
-def largest_loop(sass):
-    """Opcodes of the instructions between a label and the last backward branch to it, the largest such span."""
+def tile_loops(sass, min_size=100):
+    """Opcodes of each innermost loop of at least min_size instructions (a label up to the last backward branch to
+    it, with no other such loop inside), in program order. The tile loops are the kernels' hot loops; an outer
+    loop (the backward's chunk loop) is the sum of its inner ones plus its own overhead, so it is not listed."""
     labels, instructions, pending = {}, [], []
     for line in sass.splitlines():
         label = re.match(r'^\s*(\.L_x_\d+):', line)
@@ -62,13 +64,16 @@ def largest_loop(sass):
             labels.update((name, addr) for name in pending)
             pending = []
             instructions.append((addr, ins.group(2)))
-    best = []
+    spans = {}
     for addr, text in instructions:
         target = re.search(r'BRA\s+`?\(?(\.L_x_\d+)', text)
         if target and labels.get(target.group(1), addr) < addr:
-            body = [t for a, t in instructions if labels[target.group(1)] <= a <= addr]
-            best = max(best, body, key=len)
-    return [re.sub(r'^@!?U?P\w+\s+', '', t).split()[0].split('.')[0] for t in best]
+            start = labels[target.group(1)]
+            spans[start] = max(spans.get(start, addr), addr)
+    spans = [(a, b) for a, b in spans.items() if sum(a <= x <= b for x, _ in instructions) >= min_size]
+    inner = [(a, b) for a, b in spans if not any((a, b) != (c, d) and a <= c and d <= b for c, d in spans)]
+    return [[re.sub(r'^@!?U?P\w+\s+', '', t).split()[0].split('.')[0] for x, t in instructions if a <= x <= b]
+            for a, b in sorted(inner)]
 
 
 def main():
@@ -86,11 +91,11 @@ def main():
     for name, kernel, mode, block_e in cases:
         stages = triton_scan._stages(triton_scan.SCAN_CONFIG, 1 if mode['MODE'] == 0 else 2)   # 2: segmented
         summary, sass = compile_sm90(kernel, dict(options, BLOCK_E=block_e, STAGES=stages, **mode))
-        ops = largest_loop(sass)
         updates = 4 * 16 * block_e / 32                     # per thread per tile: 4 steps x (16 states x channels)
-        print(f'{name} (BLOCK_E {block_e}): {summary}\n  loop {len(ops)} instructions, '
-              f'{len(ops) / updates:.1f} per state update; ' +
-              ', '.join(f'{op} {n}' for op, n in collections.Counter(ops).most_common(10)))
+        print(f'{name} (BLOCK_E {block_e}): {summary}')
+        for ops in tile_loops(sass):                         # the backward: pass 1, then pass 2
+            print(f'  loop {len(ops)} instructions, {len(ops) / updates:.1f} per state update; ' +
+                  ', '.join(f'{op} {n}' for op, n in collections.Counter(ops).most_common(10)))
 
 
 if __name__ == '__main__':

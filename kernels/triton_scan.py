@@ -8,9 +8,10 @@ and whose outputs are summed, halved and gated in the kernel.
 A program owns BLOCK_E channels of one batch element and all N states of each, h as (BLOCK_N, BLOCK_E) fp32
 registers (the forward holds a channel's N states in one thread, see _states_in_thread; the backward spreads
 them over 4 lanes, which keeps its sums of dB and dC over channels short), and walks the sequence in tiles of 4
-steps. A tile's x, dt, z, B and C are loaded as 2-D tiles through a software pipeline (``tl.range(num_stages=...)``: the loads of later tiles are in flight while this one
-computes), split into rows, and the recurrence h_s = exp(delta_s A) h_{s-1} + delta_s x_s B_s runs row by row:
-one exponential and five multiplies or adds per state update. ``s`` counts steps in scan order: time t = s forward,
+steps. A tile's x, dt, z, B and C are loaded as 2-D tiles through a software pipeline
+(``tl.range(num_stages=...)``: the loads of later tiles are in flight while this one computes), split into rows,
+and the recurrence h_s = exp(delta_s A) h_{s-1} + delta_s x_s B_s runs row by row: one exponential and five
+multiplies or adds per state update. ``s`` counts steps in scan order: time t = s forward,
 L-1-s in reverse, so the reverse direction reads the sequence backwards instead of flipping it.
 
 Segmented scan (long sequences, few batch elements x channel blocks: b8 L6085 gives 96 programs for 132 SMs):

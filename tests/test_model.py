@@ -68,6 +68,30 @@ def test_gradients_reach_every_parameter():
     assert not missing, f'no gradient for {missing}'
 
 
+def test_inference_keeps_the_direction_stacks_until_a_parameter_changes():
+    model = small().eval()
+    mixer = model.layers[0].mixer
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        first = model(x)
+        assert all(a is b for a, b in zip(mixer.direction_params(), mixer.direction_params()))
+        torch.testing.assert_close(model(x), first)
+        mixer.D_b.add_(0.5)                                  # an in-place update, as an optimizer step makes
+        updated = model(x)
+    assert not torch.allclose(updated, first)
+    torch.testing.assert_close(updated, model(x).detach())   # autograd on: stacks built afresh every call
+    fresh = small().eval()
+    with torch.no_grad():
+        model.load_state_dict(fresh.state_dict())            # copies into the same storage
+        loaded = model(x)
+    torch.testing.assert_close(loaded, fresh(x).detach())
+    with torch.inference_mode():
+        model(x)
+    stacks = mixer.direction_params()
+    assert stacks[0].grad_fn is not None and not stacks[0].is_inference()
+    model(x).sum().backward()                                # nothing from inference mode reaches autograd
+
+
 def test_drop_path_schedule_follows_released_vim():
     model = small(drop_path_rate=0.2, depth=5)
     rates = [getattr(layer.drop_path, 'drop_prob', 0.0) for layer in model.layers]

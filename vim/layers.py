@@ -5,6 +5,7 @@ Parameter names follow hustvl/Vim's ``models_mamba.py`` so released checkpoints 
 The tensor work runs through the ops of :mod:`vim.kernels` (Triton on CUDA, plain PyTorch elsewhere).
 """
 import math
+import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -13,6 +14,18 @@ import torch.nn.functional as F
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 
 from .kernels import add_rms_norm, bidirectional_conv1d, bidirectional_scan
+
+# Each mixer's stacked direction parameters while autograd is off (BiMambaMixer.direction_params). A weak map
+# rather than a module attribute: it never enters a state_dict, a pickle or a copy of the model.
+_STACKED = weakref.WeakKeyDictionary()
+
+
+def _eager_inference(param) -> bool:
+    """Autograd off, and not under torch.compile / export, TorchScript or FX tracing (which hands the module
+    proxies for its parameters): the case where stacks of parameters can be kept between calls."""
+    compiling = getattr(torch.compiler, 'is_compiling', lambda: False)()   # torch >= 2.3
+    return (not torch.is_grad_enabled() and isinstance(param, torch.Tensor) and not compiling
+            and not torch.jit.is_tracing())
 
 
 def grid_size(img_size: Tuple[int, int], patch_size: Tuple[int, int], stride: Tuple[int, int]) -> Tuple[int, int]:
@@ -186,25 +199,47 @@ class BiMambaMixer(nn.Module):
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight.div_(math.sqrt(depth))
 
+    def direction_params(self) -> Tuple[torch.Tensor, ...]:
+        """Both directions' parameters stacked as the bidirectional ops take them: conv weight (2, E, W) and bias,
+        x_proj and dt_proj weights transposed for bmm, A = -exp(A_log) in fp32, D, dt_proj bias.
+
+        With autograd off (eager inference) the stacks are kept until a parameter gets new storage or an in-place
+        update (its data pointer or version changes): rebuilding them costs 10 small ops per block and call,
+        a good part of the host's time per batch where eager inference is host-bound (small batches)."""
+        pairs = ((self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]), (self.conv1d.bias, self.conv1d_b.bias),
+                 (self.x_proj.weight, self.x_proj_b.weight), (self.dt_proj.weight, self.dt_proj_b.weight),
+                 (self.A_log, self.A_b_log), (self.D, self.D_b), (self.dt_proj.bias, self.dt_proj_b.bias))
+        keep = _eager_inference(self.A_log)
+        if keep:
+            key = tuple((p.data_ptr(), p._version) for pair in pairs for p in pair)
+            key += (torch.is_inference_mode_enabled(),)
+            cached = _STACKED.get(self)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        conv_weight, conv_bias, x_proj, dt_proj, A_log, D, dt_bias = (torch.stack(pair) for pair in pairs)
+        stacked = (conv_weight, conv_bias, x_proj.transpose(1, 2), dt_proj.transpose(1, 2), -torch.exp(A_log.float()),
+                   D, dt_bias)
+        if keep:
+            _STACKED[self] = key, stacked
+        return stacked
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, length, _ = hidden.shape
+        conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias = self.direction_params()
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                       # (batch, L, E) each
-        conv_weight = torch.stack([self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]])
-        conv_bias = torch.stack([self.conv1d.bias, self.conv1d_b.bias])
         x = bidirectional_conv1d(x, conv_weight, conv_bias)       # (2, batch, L, E), SiLU applied
-        x_flat = x.reshape(2, batch * length, self.d_inner)
-        x_dbl = torch.bmm(x_flat, torch.stack([self.x_proj.weight, self.x_proj_b.weight]).transpose(1, 2))
+        x_dbl = torch.bmm(x.reshape(2, batch * length, self.d_inner), x_proj_weight)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = torch.bmm(dt, torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).transpose(1, 2))
+        dt = torch.bmm(dt, dt_proj_weight)
         y = bidirectional_scan(
             x,
             dt.view(2, batch, length, self.d_inner),
-            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),
+            A,
             B.view(2, batch, length, self.d_state),
             C.view(2, batch, length, self.d_state),
-            torch.stack([self.D, self.D_b]),
+            D,
             z,
-            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]),
+            dt_bias,
         )
         return self.out_proj(y)
 

@@ -1,9 +1,10 @@
 """Whole-model inference throughput: Vim against DeiT (timm, fused attention), same run, same GPU.
 
-    python bench/model_throughput.py [--out results.md]
+    python bench/model_throughput.py [--out results.md] [--cuda-graph]
 
-bf16 autocast, batch inference, CUDA-graph-free eager mode; images/s from the median of timed batches,
-peak memory from torch.cuda.max_memory_allocated. Shapes follow DESIGN.md's anchors: 224 px at batch 256
+bf16 autocast, batch inference, eager mode (or, with --cuda-graph, replays of each model's forward recorded as a
+CUDA graph: what the GPU does without the host's Python and launches per call); images/s from the median of
+timed batches, peak memory from torch.cuda.max_memory_allocated. Shapes follow DESIGN.md's anchors: 224 px at batch 256
 and 1248 px at batch 8.
 """
 import argparse
@@ -38,12 +39,27 @@ def batch_times(model, images, repeats=20):
     return times
 
 
-def throughput(name, size, batch, backend=None, repeats=20):
+def captured(model, images):
+    """A callable that replays model(images) recorded once as a CUDA graph: the batch's kernels without the
+    host's work per call. Warm-up on a side stream first, as torch.cuda.graph asks."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            model(images)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(images)
+    return lambda _: graph.replay()
+
+
+def throughput(name, size, batch, backend=None, repeats=20, cuda_graph=False):
     model = timm.create_model(name, img_size=size, num_classes=1000).cuda().eval()
     images = torch.randn(batch, 3, size, size, device='cuda')
     ctx = vim.kernels.use_backend(backend) if backend else contextlib.nullcontext()
-    with ctx, torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16):
-        times = batch_times(model, images, repeats)
+    with ctx, torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=not cuda_graph):
+        times = batch_times(captured(model, images) if cuda_graph else model, images, repeats)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30
     del model
     torch.cuda.empty_cache()
@@ -54,8 +70,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--out', default=None)
     parser.add_argument('--with-reference', action='store_true', help='also time Vim on the PyTorch reference path')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='time CUDA-graph replays of each model (GPU-bound) instead of eager calls')
     args = parser.parse_args()
-    lines = [f'{torch.cuda.get_device_name()}, torch {torch.__version__}, timm {timm.__version__}', '',
+    mode = 'CUDA-graph replay' if args.cuda_graph else 'eager'
+    lines = [f'{torch.cuda.get_device_name()}, torch {torch.__version__}, timm {timm.__version__}; timing: {mode}', '',
              '| model | backend | img size | batch | img/s | peak GiB | vs DeiT of the same size |',
              '| --- | --- | --- | --- | --- | --- | --- |']
     for size, batch in CASES:
@@ -64,7 +83,7 @@ def main():
             backends = [None] if name.startswith('deit') else (['triton', 'reference'] if args.with_reference else ['triton'])
             for backend in backends:
                 try:
-                    ips, peak = throughput(name, size, batch, backend)
+                    ips, peak = throughput(name, size, batch, backend, cuda_graph=args.cuda_graph)
                 except torch.cuda.OutOfMemoryError:
                     emit(lines, f'| {name} | {backend or "fused attn"} | {size} | {batch} | OOM | | |')
                     continue

@@ -1,0 +1,45 @@
+"""Launch configurations of the conv1d kernels (bench/kernel_notes.md, reading 12): the bidirectional conv1d
+forward and forward+backward over BLOCK_T x BLOCK_E x num_warps, CUDA-graph timing, with x the strided first
+half of in_proj's output as the model passes it. Floor: x read once, two outputs written, over the copy
+bandwidth of the same run.
+
+    python3 bench/prototypes/conv_sweep.py
+"""
+import itertools
+import sys
+
+import torch
+
+sys.path[:0] = ['bench']
+import bench_kernels  # noqa: E402
+from bench_kernels import copy_bandwidth, fwd_bwd, nbytes, timed  # noqa: E402
+from vim.kernels import triton_conv1d, triton_ops  # noqa: E402
+
+SHAPES = [(128, 197, 384), (256, 197, 384), (8, 6085, 384)]
+CONFIGS = [dict(BLOCK_T=t, BLOCK_E=e, num_warps=w)
+           for t, e, w in itertools.product((16, 32, 64), (64, 128, 256), (2, 4)) if t * e // (32 * w) >= 4]
+
+
+def main():
+    bench_kernels.GRAPH = True
+    bw = copy_bandwidth()
+    saved = dict(triton_conv1d.CONV_CONFIG)
+    print(f'copy bandwidth {bw / 1e12:.2f} TB/s; default {saved}')
+    print('| shape | BLOCK_T | BLOCK_E | warps | fwd ms | floor / fwd | fwd+bwd ms |')
+    print('| --- | --- | --- | --- | --- | --- | --- |')
+    for batch, L, E in SHAPES:
+        xz = torch.randn(batch, L, 2 * E, device='cuda').to(torch.bfloat16)
+        x = xz[..., :E]
+        w, b = torch.randn(2, E, 4, device='cuda') * 0.3, torch.randn(2, E, device='cuda')
+        floor = nbytes(x) * 3 / bw * 1e3
+        for cfg in CONFIGS:
+            triton_conv1d.CONV_CONFIG.update(cfg)
+            fwd = timed(lambda: triton_ops.bidirectional_conv1d(x, w, b))
+            fb = timed(fwd_bwd(triton_ops.bidirectional_conv1d, [x, w, b]))
+            print(f'| b{batch} L{L} E{E} | {cfg["BLOCK_T"]} | {cfg["BLOCK_E"]} | {cfg["num_warps"]} | {fwd:.4f} | '
+                  f'{floor / fwd:.2f} | {fb:.4f} |', flush=True)
+        triton_conv1d.CONV_CONFIG.update(saved)
+
+
+if __name__ == '__main__':
+    main()

@@ -221,8 +221,9 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
     ('bwd BLOCK_E 32', dict(BLOCK_E_BWD=32)),
     ('STAGES 1', dict(STAGES=1)),
     ('STAGES 2', dict(STAGES=2)),
-    ('segmented STAGES 2', dict(STAGES_SEGMENTED=2)),
-    ('segmented STAGES 3', dict(STAGES_SEGMENTED=3)),
+    ('segmented fwd STAGES 1', dict(STAGES_SEGMENTED_FWD=1)),
+    ('segmented bwd STAGES 2', dict(STAGES_SEGMENTED_BWD=2)),
+    ('segmented bwd STAGES 3', dict(STAGES_SEGMENTED_BWD=3)),
     ('CKPT_TILES 8', dict(CKPT_TILES=8)),
 ]
 

@@ -89,7 +89,8 @@ def main():
              ('backward, one segment', triton_scan._scan_bwd_kernel, dict(MODE=0), args.block_e_bwd),
              ('backward, segment summaries', triton_scan._scan_bwd_kernel, dict(MODE=1), args.block_e_bwd)]
     for name, kernel, mode, block_e in cases:
-        stages = triton_scan._stages(triton_scan.SCAN_CONFIG, 1 if mode['MODE'] == 0 else 2)   # 2: segmented
+        stages = triton_scan._stages(triton_scan.SCAN_CONFIG, 1 if mode['MODE'] == 0 else 2,   # 2: segmented
+                                     backward=kernel is triton_scan._scan_bwd_kernel)
         summary, sass = compile_sm90(kernel, dict(options, BLOCK_E=block_e, STAGES=stages, **mode))
         updates = 4 * 16 * block_e / 32                     # per thread per tile: 4 steps x (16 states x channels)
         print(f'{name} (BLOCK_E {block_e}): {summary}')

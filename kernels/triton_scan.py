@@ -422,15 +422,16 @@ def _scan_bwd_kernel(
 # (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
 # the channel block of each pass is free, since checkpoints are stored per channel, not per program.
 # STAGES is the depth of the tile-load pipeline (3: 1.27x faster than 1 on the bidirectional forward at b128
-# L197, H100); STAGES_SEGMENTED (None: STAGES) is the segmented launches' own: they have warps enough to hide
-# the loads, and without the pipeline's extra instructions the bidirectional scan at b8 L6085 runs 1.05x faster
-# forward and 1.09x forward+backward (1 against 3, H100, CUDA-graph timing; kernel_notes.md, reading 3).
+# L197, H100); STAGES_SEGMENTED_FWD / _BWD (None: STAGES) are the segmented launches' own. The segmented
+# backward hides its loads without the pipeline (1 against 3: its forward+backward 0.3 ms faster at b8 L6085);
+# the segmented forward needs it since its states sit in one thread (session 10: 3 against 1, the bidirectional
+# forward 0.875 -> 0.589 ms at b8 L6085; H100, CUDA-graph timing; kernel_notes.md, versions table).
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
-SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_SEGMENTED=1, num_warps=1, BLOCK_E_FWD=None,
-                   BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
+SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=1, num_warps=1,
+                   BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -472,9 +473,11 @@ def launch_config(batch, L, E, device, cfg=None):
             be_b, _segments(cfg, batch * cdiv(E, be_b), L, device))
 
 
-def _stages(cfg, n_seg):
-    """Depth of the tile-load pipeline for a launch of n_seg segments."""
-    return cfg['STAGES'] if n_seg == 1 else cfg['STAGES_SEGMENTED'] or cfg['STAGES']
+def _stages(cfg, n_seg, backward=False):
+    """Depth of the tile-load pipeline for a forward or backward launch of n_seg segments."""
+    if n_seg == 1:
+        return cfg['STAGES']
+    return cfg['STAGES_SEGMENTED_BWD' if backward else 'STAGES_SEGMENTED_FWD'] or cfg['STAGES']
 
 
 def _strides(x, dt, B, C, z):
@@ -552,7 +555,8 @@ class SelectiveScanFn(torch.autograd.Function):
                 batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_E=block_e,
-                BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'])
+                BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=_stages(cfg, n_seg, backward=True),
+                num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
 

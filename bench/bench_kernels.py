@@ -271,7 +271,7 @@ def main():
         rows = None if args.sweep_rows is None else [int(i) for i in args.sweep_rows.split(',')]
         lines += sweep(shapes[:2], rows) + ['']
     if args.sweep_only:
-        print('\n'.join(lines))
+        finish(lines, args.out)
         return
     lines += ['| shape | op | impl | ms | floor ms | floor / time | speed-up vs official |',
               '| --- | --- | --- | --- | --- | --- | --- |']

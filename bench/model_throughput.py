@@ -4,8 +4,8 @@
 
 bf16 autocast, batch inference, eager mode (or, with --cuda-graph, replays of each model's forward recorded as a
 CUDA graph: what the GPU does without the host's Python and launches per call); images/s from the median of
-timed batches, peak memory from torch.cuda.max_memory_allocated. Shapes follow DESIGN.md's anchors: 224 px at batch 256
-and 1248 px at batch 8.
+timed batches, peak memory from torch.cuda.max_memory_allocated. Shapes follow DESIGN.md's anchors: 224 px at
+batch 256 and 1248 px at batch 8.
 """
 import argparse
 import contextlib
@@ -74,7 +74,8 @@ def main():
                         help='time CUDA-graph replays of each model (GPU-bound) instead of eager calls')
     args = parser.parse_args()
     mode = 'CUDA-graph replay' if args.cuda_graph else 'eager'
-    lines = [f'{torch.cuda.get_device_name()}, torch {torch.__version__}, timm {timm.__version__}; timing: {mode}', '',
+    lines = [f'{torch.cuda.get_device_name()}, torch {torch.__version__}, timm {timm.__version__}; '
+             f'timing: {mode}', '',
              '| model | backend | img size | batch | img/s | peak GiB | vs DeiT of the same size |',
              '| --- | --- | --- | --- | --- | --- | --- |']
     for size, batch in CASES:

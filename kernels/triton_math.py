@@ -35,3 +35,14 @@ def softplus(u):
     p = p * e - 0.4999950152
     p = p * e + 0.9999999705
     return tl.maximum(u, 0.) + e * p, tl.where(u >= 0., 1., e) / (1. + e)
+
+
+@triton.jit
+def to_f32(v):
+    """v as float32. bf16 widens by a shift of its bits: Triton's own conversion compiles to two instructions
+    (PRMT + SHF) for every odd element of a packed pair, this to one. In the scan it also moved where Triton
+    widens B and C: on the loaded tile, before their rows are broadcast to every lane (kernel_notes.md, v2.3)."""
+    if v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import cdiv, check, next_power_of_2, unit_last_stride
-from .triton_math import LOG2E, sigmoid, softplus
+from .triton_math import LOG2E, sigmoid, softplus, to_f32
 
 BLOCK_T = 4                                                  # steps per tile: _rows splits a tile into 4 rows
 
@@ -64,23 +64,13 @@ def _stack(r0, r1, r2, r3):
 def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
     """delta = softplus(u), u = dt + bias, on a tile; zero where masked. Returns (d delta / du, delta); the
     forward drops the derivative."""
-    u = _f32(tl.load(dt_row + offs_t, mask=mask, other=0.)) + bias
+    u = to_f32(tl.load(dt_row + offs_t, mask=mask, other=0.)) + bias
     if SOFTPLUS:
         delta, ddelta_du = softplus(u)
     else:
         delta = u
         ddelta_du = tl.full(u.shape, 1., tl.float32)
     return ddelta_du, tl.where(mask, delta, 0.)
-
-
-@triton.jit
-def _f32(v):
-    """v as float32. bf16 widens by a shift of its bits: Triton's conversion compiles to two instructions
-    (PRMT + SHF) for every odd element of a packed pair, this to one."""
-    if v.dtype == tl.bfloat16:
-        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    else:
-        return v.to(tl.float32)
 
 
 @triton.jit
@@ -92,11 +82,11 @@ def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, 
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
     mask_s = s < s_end
     mask = mask_s[:, None] & mask_e[None, :]
-    x = _f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
+    x = to_f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
     ddelta_du, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
     mask_bc = mask_s[:, None] & mask_n[None, :]
-    Bt = _f32(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
-    Ct = _f32(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
+    Bt = to_f32(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
+    Ct = to_f32(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
     return t, mask, x, ddelta_du, delta, Bt, Ct
 
 
@@ -234,12 +224,12 @@ def _scan_fwd_kernel(
                 y += Dv[None, :] * x
                 out_ptrs = out_ptr + row + t[:, None] * E
                 if d == 1:                                   # second direction: add the first, halve
-                    y = (y + _f32(tl.load(out_ptrs, mask=mask, other=0.))) * 0.5
+                    y = (y + to_f32(tl.load(out_ptrs, mask=mask, other=0.))) * 0.5
                 if HAS_Z and d == NDIR - 1:
                     if SAVE:                                 # y before the gate, for the backward's dz
                         tl.store(y_ptr + row + t[:, None] * E, y.to(y_ptr.dtype.element_ty), mask=mask)
-                    zt = _f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
-                                     other=0.))
+                    zt = to_f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
+                                        other=0.))
                     y *= zt * sigmoid(zt)
                 tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
                 if SAVE:                                     # state entering chunk k = (tile+1) / CKPT_TILES
@@ -351,15 +341,15 @@ def _scan_bwd_kernel(
                 t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
                     x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
                     sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
-                do = _f32(tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
-                                 other=0.))
+                do = to_f32(tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
+                                    other=0.))
                 if HAS_Z:
-                    zt = _f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
-                                     other=0.))
+                    zt = to_f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
+                                        other=0.))
                     sig = sigmoid(zt)
                     dy = do * zt * sig / NDIR
                     if d == NDIR - 1 and MODE != 1:          # dz from the y the forward saved
-                        y = _f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
+                        y = to_f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
                         tl.store(dz_ptr + row + t[:, None] * E,
                                  (do * y * sig * (1. + zt * (1. - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
                 else:

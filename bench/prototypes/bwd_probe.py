@@ -43,7 +43,8 @@ if args.ncu:
     fwd_bwd(triton_scan.selective_scan, scan_inputs(None, 128, 197, 384))()
     sys.exit()
 bench_kernels.GRAPH = True
-BWD_LAUNCH = "STAGES=_stages(cfg, n_seg, backward=True),\n                num_warps=cfg['num_warps'])\n        return (dx"
+BWD_LAUNCH = ("STAGES=_stages(cfg, n_seg, backward=True),\n                num_warps=cfg['num_warps'])\n"
+              "        return (dx")
 variants = [('production', triton_scan),
             ('dB/dC stores, no atomics', variant('no_atomics', [
                 ("tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _stack(dB0, dB1, dB2, dB3), mask=mask_bc,\n"

@@ -112,6 +112,25 @@ def test_softplus_and_sigmoid_everywhere():
         assert (rel < tol).all(), f'{name}: relative error {rel[worst]:.2e} at u = {u32[worst]:.6g}'
 
 
+@triton.jit
+def _widen_kernel(v_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, triton_math.to_f32(tl.load(v_ptr + offs, mask=offs < n)), mask=offs < n)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_to_f32_is_exact(dtype):
+    """The kernels' widening (a bit shift for bf16) gives exactly torch's float32 of every value: every bf16 bit
+    pattern (zeros, subnormals, infinities and NaNs included), random values of the other dtypes."""
+    if dtype == torch.bfloat16:
+        v = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    else:
+        v = (torch.randn(4096) * 100).to(dtype)
+    out = torch.empty(v.numel(), device=DEVICE)
+    _widen_kernel[(triton.cdiv(v.numel(), 1024),)](v.to(DEVICE), out, v.numel(), BLOCK=1024)
+    torch.testing.assert_close(out.cpu(), v.float(), rtol=0, atol=0, equal_nan=True)
+
+
 SCAN_SHAPES = [(1, 1, 12, 4), (2, 13, 12, 4)] if INTERPRET else [
     (1, 1, 40, 16), (2, 333, 100, 16), (3, 1000, 384, 16), (2, 197, 768, 16)]
 

@@ -148,6 +148,18 @@ def test_bidirectional_scan(dtype, shape, pad):
     assert out.dtype == dtype
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_scan_with_a_state_count_below_its_block(dtype):
+    """N = 5 states in blocks of 8 (the forward builds its state tile one state at a time with tl.join, the
+    backward loads it as a tile): values and gradients where three of the block's states are padding."""
+    batch, L, E, N = (2, 13, 12, 5) if INTERPRET else (2, 197, 100, 5)
+    leaves = scan_leaves((2,), batch, L, E, N, dtype)
+
+    def run(module):
+        return lambda *t: module.bidirectional_scan(*split_scan(*t, E, N, 0))
+    compare(run(triton_ops), run(reference), leaves, dtype, ['x', 'dt', 'A', 'B/C', 'D', 'z', 'dt_bias'])
+
+
 @pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('options', ['all', 'bare', 'no_z'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])

@@ -228,20 +228,28 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
 ]
 
 
+def time_configs(config, op, inputs, changes):
+    """For each (label, change) of ``changes``: (label, change, fwd ms, fwd+bwd ms) of op(*inputs) with the
+    launch-config dict ``config`` updated by ``change``; ``config`` is restored afterwards."""
+    saved = dict(config)
+    try:
+        for label, change in changes:
+            config.update(saved)
+            config.update(change)
+            yield label, change, timed(lambda: op(*inputs)), timed(fwd_bwd(op, inputs))
+    finally:
+        config.update(saved)
+
+
 def sweep(shapes, rows=None):
     """Scan launch configurations (bidirectional scan) at the given shapes: the SWEEP rows numbered in ``rows``
     (all when None)."""
     lines = ['| shape | config | fwd ms | fwd+bwd ms |', '| --- | --- | --- | --- |']
-    saved = dict(triton_scan.SCAN_CONFIG)
     for name, batch, L, E in shapes:
-        args = scan_inputs(2, batch, L, E)
-        for label, change in (SWEEP if rows is None else [SWEEP[i] for i in rows]):
-            triton_scan.SCAN_CONFIG.update(saved)
-            triton_scan.SCAN_CONFIG.update(change)
-            f = timed(lambda: triton_ops.bidirectional_scan(*args))
-            fb = timed(fwd_bwd(triton_ops.bidirectional_scan, args))
+        changes = SWEEP if rows is None else [SWEEP[i] for i in rows]
+        for label, _, f, fb in time_configs(triton_scan.SCAN_CONFIG, triton_ops.bidirectional_scan,
+                                            scan_inputs(2, batch, L, E), changes):
             emit(lines, f'| {name} b{batch} L{L} E{E} bidir | {label} | {f:.3f} | {fb:.3f} |')
-    triton_scan.SCAN_CONFIG.update(saved)
     return lines
 
 

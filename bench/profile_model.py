@@ -40,7 +40,10 @@ def main():
             torch.cuda.synchronize()
         if args.host:                                        # where the host's time per batch goes
             host = cProfile.Profile()
-            host.runcall(lambda: [model(images) for _ in range(args.steps)] and torch.cuda.synchronize())
+            with host:
+                for _ in range(args.steps):
+                    model(images)
+                torch.cuda.synchronize()
             pstats.Stats(host).sort_stats('tottime').print_stats(args.rows)
     events = prof.key_averages()
     gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / args.steps

@@ -12,7 +12,7 @@ import torch
 
 sys.path[:0] = ['bench']
 import bench_kernels  # noqa: E402
-from bench_kernels import copy_bandwidth, fwd_bwd, nbytes, timed  # noqa: E402
+from bench_kernels import copy_bandwidth, nbytes, time_configs  # noqa: E402
 from vim.kernels import triton_conv1d, triton_ops  # noqa: E402
 
 SHAPES = [(128, 197, 384), (256, 197, 384), (8, 6085, 384)]
@@ -23,8 +23,7 @@ CONFIGS = [dict(BLOCK_T=t, BLOCK_E=e, num_warps=w)
 def main():
     bench_kernels.GRAPH = True
     bw = copy_bandwidth()
-    saved = dict(triton_conv1d.CONV_CONFIG)
-    print(f'copy bandwidth {bw / 1e12:.2f} TB/s; default {saved}')
+    print(f'copy bandwidth {bw / 1e12:.2f} TB/s; default {triton_conv1d.CONV_CONFIG}')
     print('| shape | BLOCK_T | BLOCK_E | warps | fwd ms | floor / fwd | fwd+bwd ms |')
     print('| --- | --- | --- | --- | --- | --- | --- |')
     for batch, L, E in SHAPES:
@@ -32,13 +31,10 @@ def main():
         x = xz[..., :E]
         w, b = torch.randn(2, E, 4, device='cuda') * 0.3, torch.randn(2, E, device='cuda')
         floor = nbytes(x) * 3 / bw * 1e3
-        for cfg in CONFIGS:
-            triton_conv1d.CONV_CONFIG.update(cfg)
-            fwd = timed(lambda: triton_ops.bidirectional_conv1d(x, w, b))
-            fb = timed(fwd_bwd(triton_ops.bidirectional_conv1d, [x, w, b]))
+        for _, cfg, fwd, fb in time_configs(triton_conv1d.CONV_CONFIG, triton_ops.bidirectional_conv1d, [x, w, b],
+                                            [('', cfg) for cfg in CONFIGS]):
             print(f'| b{batch} L{L} E{E} | {cfg["BLOCK_T"]} | {cfg["BLOCK_E"]} | {cfg["num_warps"]} | {fwd:.4f} | '
                   f'{floor / fwd:.2f} | {fb:.4f} |', flush=True)
-        triton_conv1d.CONV_CONFIG.update(saved)
 
 
 if __name__ == '__main__':

@@ -244,6 +244,49 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _sum_last(t):
+    """(P, Q, X) -> (P, Q): the sum over the last axis by a tree of tl.splits. A split takes its halves from one
+    thread, so Triton moves the tile through shared memory once, to a layout that holds each output's X values in
+    one thread, and the adds need no shuffles."""
+    P: tl.constexpr = t.shape[0]
+    Q: tl.constexpr = t.shape[1]
+    X: tl.constexpr = t.shape[2]
+    if X == 1:
+        return tl.reshape(t, (P, Q))
+    else:
+        a, b = tl.split(tl.reshape(t, (P, Q, X // 2, 2)))
+        return _sum_last(a + b)
+
+
+@triton.jit
+def _fold(p, AXIS: tl.constexpr):
+    """Partial sums of the (N, E) tile p over the values of AXIS that one thread holds in the backward's layout
+    (4 states; 2 channels, c and c + E/2): (N/4, E) or (N, E/2). Plain adds, no data movement."""
+    N: tl.constexpr = p.shape[0]
+    E: tl.constexpr = p.shape[1]
+    if AXIS == 0:
+        return tl.sum(tl.reshape(p, (N // min(4, N), min(4, N), E)), 1)
+    else:
+        return tl.sum(tl.reshape(p, (N, min(2, E), E // min(2, E))), 1)
+
+
+@triton.jit
+def _sum_rows(p0, p1, p2, p3, AXIS: tl.constexpr):
+    """(4, X): row r is the (N, E) tile p_r summed over its states (AXIS 0, X = E) or its channels (AXIS 1, X = N).
+    tl.sum of each row would sum across lanes: a shuffle and an add per value held and lane level, every sum
+    landing on every lane. Here each lane folds its own values, the four rows are stacked, and one exchange
+    through shared memory gives each lane whole outputs to add (sm_90 backward loop 1,122 -> 872 instructions)."""
+    q0, q1, q2, q3 = _fold(p0, AXIS), _fold(p1, AXIS), _fold(p2, AXIS), _fold(p3, AXIS)
+    P: tl.constexpr = q0.shape[0]
+    Q: tl.constexpr = q0.shape[1]
+    t = tl.reshape(tl.join(tl.join(q0, q2), tl.join(q1, q3)), (P, Q, 4))    # t[.., .., r] = q_r, as in _stack
+    if AXIS == 0:
+        return _sum_last(tl.permute(t, (2, 1, 0)))
+    else:
+        return _sum_last(tl.permute(t, (2, 0, 1)))
+
+
+@triton.jit
 def _dh_back(dh_after, a_after, Cs, dy):
     """dL/dh_s = a_{s+1} dL/dh_{s+1} + C_s dy_s: one step of the reverse recurrence."""
     return a_after * dh_after + Cs[:, None] * dy[None, :]
@@ -251,13 +294,11 @@ def _dh_back(dh_after, a_after, Cs, dy):
 
 @triton.jit
 def _row_grads(dh, a, h_prev, h, A, d, x, dy, Bs):
-    """Gradients of one step from dL/dh_s (dh), its decay a, the states before and after it and its inputs.
-    Returns this step's contribution to dA (BLOCK_N, BLOCK_E); <dh, B> and dL/d delta (BLOCK_E,), which the
-    caller finishes into dx and d(dt) on the whole tile; dB and dC (BLOCK_N,)."""
+    """Gradients of one step from dL/dh_s (dh), its decay a, the states before and after it and its inputs, all
+    (BLOCK_N, BLOCK_E): this step's contribution to dA, and the products whose sums the caller takes over the whole
+    tile (_sum_rows): over states, <dh, B> and the dA part of dL/d delta; over channels, dB and dC."""
     dh_ah = dh * a * h_prev                                  # dL/d(delta A) per state
-    dhB = tl.sum(dh * Bs[:, None], 0)
-    return (dh_ah * d[None, :], dhB, tl.sum(dh_ah * A, 0) + x * dhB, tl.sum(dh * (d * x)[None, :], 1),
-            tl.sum(h * dy[None, :], 1))
+    return dh_ah * d[None, :], dh * Bs[:, None], dh_ah * A, dh * (d * x)[None, :], h * dy[None, :]
 
 
 @triton.jit
@@ -381,20 +422,21 @@ def _scan_bwd_kernel(
                     dsum += tl.where((s0 + steps == s_begin)[:, None], 0., delta)   # s_begin itself is not in it
                 else:
                     dA_acc += dA0 + dA1 + dA2 + dA3
-                    du = tl.where(mask, _stack(dd0, dd1, dd2, dd3) * ddelta_du, 0.)
+                    dhB = _sum_rows(dhB0, dhB1, dhB2, dhB3, 0)
+                    du = tl.where(mask, (_sum_rows(dd0, dd1, dd2, dd3, 0) + x * dhB) * ddelta_du, 0.)
                     dD_acc += tl.sum(dy * x, 0)
                     dbias_acc += tl.sum(du, 0)
                     tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
-                             (delta * _stack(dhB0, dhB1, dhB2, dhB3) + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty),
+                             (delta * dhB + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty),
                              mask=mask)
                     tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
                              mask=mask)
                     mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
                     # relaxed: only atomicity is needed (the launch's end orders the sums); the default acq_rel
                     # fences every add, and the adds cost 0.21 of 1.11 ms at b128 L197 (kernel_notes.md, reading 7)
-                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _stack(dB0, dB1, dB2, dB3), mask=mask_bc,
+                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _sum_rows(dB0, dB1, dB2, dB3, 1), mask=mask_bc,
                                   sem='relaxed')
-                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _stack(dC0, dC1, dC2, dC3), mask=mask_bc,
+                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _sum_rows(dC0, dC1, dC2, dC3, 1), mask=mask_bc,
                                   sem='relaxed')
             if MODE != 1:
                 tl.debug_barrier()                           # the next chunk overwrites the scratch

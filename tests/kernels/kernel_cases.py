@@ -148,11 +148,13 @@ def test_bidirectional_scan(dtype, shape, pad):
     assert out.dtype == dtype
 
 
+@pytest.mark.parametrize('N', [1, 2, 5])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_scan_with_a_state_count_below_its_block(dtype):
+def test_scan_with_few_states(dtype, N):
     """N = 5 states in blocks of 8 (the forward builds its state tile one state at a time with tl.join, the
-    backward loads it as a tile): values and gradients where three of the block's states are padding."""
-    batch, L, E, N = (2, 13, 12, 5) if INTERPRET else (2, 197, 100, 5)
+    backward loads it as a tile): values and gradients where three of the block's states are padding. N = 1 and
+    2: fewer states than the backward's layout puts in one thread (_fold)."""
+    batch, L, E = (2, 13, 12) if INTERPRET else (2, 197, 100)
     leaves = scan_leaves((2,), batch, L, E, N, dtype)
 
     def run(module):

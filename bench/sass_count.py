@@ -87,7 +87,8 @@ def main():
              ('forward, segment summaries', triton_scan._scan_fwd_kernel, dict(MODE=1, SAVE=False), args.block_e_fwd),
              ('forward, segment replay', triton_scan._scan_fwd_kernel, dict(MODE=2, SAVE=True), args.block_e_fwd),
              ('backward, one segment', triton_scan._scan_bwd_kernel, dict(MODE=0), args.block_e_bwd),
-             ('backward, segment summaries', triton_scan._scan_bwd_kernel, dict(MODE=1), args.block_e_bwd)]
+             ('backward, segment summaries', triton_scan._scan_bwd_kernel, dict(MODE=1), args.block_e_bwd),
+             ('backward, segment replay', triton_scan._scan_bwd_kernel, dict(MODE=2), args.block_e_bwd)]
     for name, kernel, mode, block_e in cases:
         stages = triton_scan._stages(triton_scan.SCAN_CONFIG, 1 if mode['MODE'] == 0 else 2,   # 2: segmented
                                      backward=kernel is triton_scan._scan_bwd_kernel)

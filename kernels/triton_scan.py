@@ -348,7 +348,7 @@ def _scan_bwd_kernel(
             for ii in range(n_seg - 1 - pid_s):
                 i = n_seg - 1 - ii
                 dsum = tl.load(segsum_ptr + (seg_row + i) * E + offs_e, mask=mask_e, other=0.)
-                dh_i = tl.load(segdh_ptr + ((seg_row + i) * N + offs_n[:, None]) * E + offs_e[None, :],
+                dh_i = tl.load(segdh_ptr + ((seg_row + i) * E + offs_e[None, :]) * N + offs_n[:, None],
                                mask=mask_ne, other=0.)
                 dh = tl.exp2(A2 * dsum[None, :]) * dh + dh_i
         # a_next: the decay of the step after the current one in scan order (the next segment's first step).
@@ -445,7 +445,7 @@ def _scan_bwd_kernel(
                 tl.debug_barrier()                           # the next chunk overwrites the scratch
         if MODE == 1:
             tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, tl.sum(dsum, 0), mask=mask_e)
-            tl.store(segdh_ptr + ((seg_row + pid_s) * N + offs_n[:, None]) * E + offs_e[None, :], dh, mask=mask_ne)
+            tl.store(segdh_ptr + ((seg_row + pid_s) * E + offs_e[None, :]) * N + offs_n[:, None], dh, mask=mask_ne)
         else:
             tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne,
                           sem='relaxed')
@@ -457,7 +457,8 @@ def _scan_bwd_kernel(
 # (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
 # the channel block of each pass is free, since checkpoints are stored per channel, not per program.
 # STAGES is the depth of the tile-load pipeline (3: 1.27x faster than 1 on the bidirectional forward at b128
-# L197, H100); STAGES_SEGMENTED_FWD / _BWD (None: STAGES) are the segmented launches' own. The segmented
+# L197, H100); STAGES_BWD is the one-segment backward's, STAGES_SEGMENTED_FWD / _BWD the segmented launches'
+# (None: STAGES). The segmented
 # backward hides its loads without the pipeline (1 against 3: its forward+backward 0.3 ms faster at b8 L6085);
 # the segmented forward needs it since its states sit in one thread (session 10: 3 against 1, the bidirectional
 # forward 0.875 -> 0.589 ms at b8 L6085; H100, CUDA-graph timing; kernel_notes.md, versions table).
@@ -465,8 +466,9 @@ def _scan_bwd_kernel(
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
-SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=1, num_warps=1,
-                   BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
+SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_BWD=None, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=1,
+                   num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072,
+                   SEG_MAX=None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -510,9 +512,11 @@ def launch_config(batch, L, E, device, cfg=None):
 
 def _stages(cfg, n_seg, backward=False):
     """Depth of the tile-load pipeline for a forward or backward launch of n_seg segments."""
-    if n_seg == 1:
-        return cfg['STAGES']
-    return cfg['STAGES_SEGMENTED_BWD' if backward else 'STAGES_SEGMENTED_FWD'] or cfg['STAGES']
+    if n_seg > 1:
+        key = 'STAGES_SEGMENTED_BWD' if backward else 'STAGES_SEGMENTED_FWD'
+    else:
+        key = 'STAGES_BWD' if backward else 'STAGES'
+    return cfg[key] or cfg['STAGES']
 
 
 def _strides(x, dt, B, C, z):
@@ -581,7 +585,7 @@ class SelectiveScanFn(torch.autograd.Function):
         BLOCK_N = next_power_of_2(N)
         scratch = torch.empty(grid[0] * batch * n_seg * cfg['CKPT_TILES'] * BLOCK_N * block_e, **f32)
         segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
-        segdh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
+        segdh = torch.empty((ndir, batch, n_seg, E, N), **f32) if n_seg > 1 else _unused(x.device)
         for mode, d_first, d_last in _passes(ndir, n_seg):
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,

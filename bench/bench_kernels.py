@@ -224,8 +224,8 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
     ('bwd STAGES 1', dict(STAGES_BWD=1)),
     ('bwd STAGES 2', dict(STAGES_BWD=2)),
     ('segmented fwd STAGES 1', dict(STAGES_SEGMENTED_FWD=1)),
+    ('segmented bwd STAGES 1', dict(STAGES_SEGMENTED_BWD=1)),
     ('segmented bwd STAGES 2', dict(STAGES_SEGMENTED_BWD=2)),
-    ('segmented bwd STAGES 3', dict(STAGES_SEGMENTED_BWD=3)),
     ('CKPT_TILES 8', dict(CKPT_TILES=8)),
 ]
 

@@ -369,8 +369,9 @@ def _scan_bwd_kernel(
             if MODE != 1:
                 # Pass 1: recompute the state entering each tile of the chunk.
                 ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
-                h = tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.)
-                tl.store(scratch, h)
+                tl.store(scratch, tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.))
+                tl.debug_barrier()
+                h = tl.load(scratch)                         # in the scratch's layout, which is A's (see scratch)
                 for j in tl.range(1, n_sub, num_stages=STAGES):
                     _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps,
                                                       (tile0 + j - 1) * 4, L, L, flip, mask_e, offs_n, mask_n,
@@ -466,7 +467,7 @@ def _scan_bwd_kernel(
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
-SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_BWD=None, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=1,
+SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_BWD=None, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=None,
                    num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072,
                    SEG_MAX=None)
 

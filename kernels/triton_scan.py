@@ -26,7 +26,12 @@ walks those chunks last to first: it recomputes the states entering each tile of
 checkpoint (kept in a small per-program scratch buffer), then sweeps the tiles in reverse, recomputing each
 tile's states and decays row by row and running dh_s = C_s dy_s + a_{s+1} dh_{s+1} back over the rows; a_{s+1}
 is the decay of the row after (carried over from the tile after), so each state update costs one exponential
-per pass. It never inverts the recurrence: the previous state is kept, not reconstructed.
+per pass. It never inverts the recurrence: the previous state is kept, not reconstructed. Its sums over
+channels (dB, dC) and states (<dh, B>, d delta) are taken once per tile through shared memory (_sum_rows).
+
+Layouts: Triton lays a loaded tile out by its memory order and the arithmetic inherits it, converting through
+shared memory wherever two layouts meet. So every fp32 state buffer the backward reads (scratch, summaries)
+is states-contiguous like A: one that was not cost a conversion per step (kernel_results.md, session 11).
 """
 import functools
 import math
@@ -457,12 +462,10 @@ def _scan_bwd_kernel(
 # Launch parameters (bench/kernel_notes.md has the measurements). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape
 # (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
 # the channel block of each pass is free, since checkpoints are stored per channel, not per program.
-# STAGES is the depth of the tile-load pipeline (3: 1.27x faster than 1 on the bidirectional forward at b128
-# L197, H100); STAGES_BWD is the one-segment backward's, STAGES_SEGMENTED_FWD / _BWD the segmented launches'
-# (None: STAGES). The segmented
-# backward hides its loads without the pipeline (1 against 3: its forward+backward 0.3 ms faster at b8 L6085);
-# the segmented forward needs it since its states sit in one thread (session 10: 3 against 1, the bidirectional
-# forward 0.875 -> 0.589 ms at b8 L6085; H100, CUDA-graph timing; kernel_notes.md, versions table).
+# STAGES is the depth of the tile-load pipeline, 3 for every launch; STAGES_BWD (the one-segment backward) and
+# STAGES_SEGMENTED_FWD / _BWD (the segmented launches) override it (None: STAGES). H100, CUDA-graph timing, the
+# bidirectional scan, 3 stages against 1: forward 1.6x faster at b128 L197 and 1.5x at b8 L6085; forward +
+# backward 1.3x and 1.5x with only the backward's depth changed (session 11 sweeps; kernel_results.md).
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all

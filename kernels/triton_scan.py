@@ -79,16 +79,6 @@ def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _widened(v):
-    """to_f32(v), computed in v's layout: as a sum over a joined zero, which Triton 3.6 does not recompute in
-    another layout. Otherwise 3.6 reads each B and C row from the load pipeline's shared memory straight into
-    the layout that broadcasts it to every channel, and every lane widens all its values (sm_90 forward loop
-    under 3.6: 898 -> 714 instructions per tile; 3.8 widens on the tile either way)."""
-    f = to_f32(v)
-    return tl.sum(tl.join(f, tl.zeros_like(f)), 2)
-
-
-@triton.jit
 def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
           sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr):
     """Load the tile of scan steps s0 .. s0+3 (those below s_end <= L; zeros past it): time indices t (4,),
@@ -100,8 +90,8 @@ def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, 
     x = to_f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
     ddelta_du, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
     mask_bc = mask_s[:, None] & mask_n[None, :]
-    Bt = _widened(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
-    Ct = _widened(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
+    Bt = to_f32(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
+    Ct = to_f32(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
     return t, mask, x, ddelta_du, delta, Bt, Ct
 
 

@@ -280,7 +280,8 @@ def _sum_rows(p0, p1, p2, p3, AXIS: tl.constexpr):
     """(4, X): row r is the (N, E) tile p_r summed over its states (AXIS 0, X = E) or its channels (AXIS 1, X = N).
     tl.sum of each row would sum across lanes: a shuffle and an add per value held and lane level, every sum
     landing on every lane. Here each lane folds its own values, the four rows are stacked, and one exchange
-    through shared memory gives each lane whole outputs to add (sm_90 backward loop 1,122 -> 872 instructions)."""
+    through shared memory gives each lane whole outputs to add (pass-2 loop 1,122 -> 872 sm_90 instructions per
+    tile under Triton 3.8, 1,282 -> 966 under 3.6)."""
     q0, q1, q2, q3 = _fold(p0, AXIS), _fold(p1, AXIS), _fold(p2, AXIS), _fold(p3, AXIS)
     P: tl.constexpr = q0.shape[0]
     Q: tl.constexpr = q0.shape[1]
@@ -334,9 +335,9 @@ def _scan_bwd_kernel(
     steps = tl.arange(0, 4)
     n_tiles = tl.cdiv(L, 4)
     # This program's scratch: the states entering each tile of the current chunk, (CKPT_TILES, BLOCK_E, BLOCK_N).
-    # States contiguous, as in A: a tile takes its layout from its memory order, and pass 1 kept h in the
-    # scratch's layout (channels contiguous, before) and converted every step's decay to it through shared
-    # memory (sm_90 pass-1 loop 324 -> 273 instructions).
+    # States contiguous, as in A, whose layout the state tile takes: with h stored or started in another layout,
+    # Triton converted it through shared memory at every step (pass-1 loop under Triton 3.6: 751 -> 371 sm_90
+    # instructions per tile), so pass 1 also reads its start state back from here, not from the checkpoint.
     scratch = (scratch_ptr + ((pid_s * batch + pid_b) * tl.num_programs(0) + pid_e) * CKPT_TILES * BLOCK_N
                * BLOCK_E + offs_n[:, None] + tl.arange(0, BLOCK_E)[None, :] * BLOCK_N)
     row = pid_b * L * E + offs_e[None, :]                   # dx, ddt, dz, y: contiguous (.., batch, L, E)
@@ -376,7 +377,7 @@ def _scan_bwd_kernel(
                 ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
                 tl.store(scratch, tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.))
                 tl.debug_barrier()
-                h = tl.load(scratch)                         # in the scratch's layout, which is A's (see scratch)
+                h = tl.load(scratch)                         # in A's layout (see scratch)
                 for j in tl.range(1, n_sub, num_stages=STAGES):
                     _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps,
                                                       (tile0 + j - 1) * 4, L, L, flip, mask_e, offs_n, mask_n,

@@ -182,6 +182,12 @@ def test_selective_scan(reverse, options, dtype):
     compare(run(triton_ops), run(reference), [pool[n] for n in names[options]], dtype, names[options])
 
 
+def _segment_everything(monkeypatch):
+    """Force the segmented scan at any shape, one checkpoint chunk per segment."""
+    for key in ('SEG_MIN_PROGRAMS', 'SEG_TARGET_PROGRAMS', 'SEG_MAX'):
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, 1 << 30)
+
+
 SEG_SHAPES = [(1, 29, 12, 4)] if INTERPRET else [(1, 1000, 32, 16), (3, 700, 100, 16)]
 
 
@@ -190,9 +196,7 @@ SEG_SHAPES = [(1, 29, 12, 4)] if INTERPRET else [(1, 1000, 32, 16), (3, 700, 100
 def test_segmented_scan(monkeypatch, shape, case):
     """The segmented (two-pass) scan, forced at any shape: the sequence split into segments of whole checkpoint
     chunks (several segments, a partial last one), forward and backward, against the float64 reference."""
-    monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MIN_PROGRAMS', 1 << 30)
-    monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_TARGET_PROGRAMS', 1 << 30)   # one chunk per segment
-    monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MAX', 1 << 30)
+    _segment_everything(monkeypatch)
     batch, L, E, N = shape
     cfg = triton_scan.launch_config(batch, L, E, torch.device(DEVICE))
     assert cfg[1][1] > 2 and cfg[3][1] > 2, cfg
@@ -208,6 +212,29 @@ def test_segmented_scan(monkeypatch, shape, case):
                                                                           bias, True, True)
         compare(run(triton_ops), run(reference), scan_leaves((), batch, L, E, N, dtype), dtype,
                 ['x', 'dt', 'A', 'BC', 'D', 'z', 'dt_bias'])
+
+
+@pytest.mark.parametrize('direction', ['bidirectional', 'reverse'])
+@pytest.mark.parametrize('segmented', [False, True])
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_scan_forward_without_autograd(monkeypatch, dtype, segmented, direction):
+    """The inference forward (no checkpoints, B and C widened in place: triton_scan._widen, with its register
+    cap), one segment and segmented, against the float64 reference."""
+    if segmented:
+        _segment_everything(monkeypatch)
+    batch, L, E, N = (SEG_SHAPES if segmented else SCAN_SHAPES)[-1]
+    if direction == 'bidirectional':
+        def run(module, leaves):
+            return module.bidirectional_scan(*split_scan(*leaves, E, N, 0))
+        leaves = scan_leaves((2,), batch, L, E, N, dtype)
+    else:
+        def run(module, leaves):
+            x, dt, A, BC, D, z, bias = leaves
+            return module.selective_scan(x, dt, A, BC[..., :N], BC[..., N:], D, z, bias, True, True)
+        leaves = scan_leaves((), batch, L, E, N, dtype)
+    with torch.no_grad():
+        out = run(triton_ops, [t.to(DEVICE) for t in leaves])
+    assert_close(out, run(reference, [t.double() for t in leaves]), TOL[dtype], 'output')
 
 
 def test_launch_config_segments_small_batches():

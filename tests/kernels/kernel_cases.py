@@ -218,8 +218,8 @@ def test_segmented_scan(monkeypatch, shape, case):
 @pytest.mark.parametrize('segmented', [False, True])
 @pytest.mark.parametrize('dtype', DTYPES)
 def test_scan_forward_without_autograd(monkeypatch, dtype, segmented, direction):
-    """The inference forward (no checkpoints, B and C widened in place: triton_scan._widen, with its register
-    cap), one segment and segmented, against the float64 reference."""
+    """The forward without autograd (no checkpoints and no y saved: the launches inference runs), one segment and
+    segmented, against the float64 reference. The other cases all run under autograd."""
     if segmented:
         _segment_everything(monkeypatch)
     batch, L, E, N = (SEG_SHAPES if segmented else SCAN_SHAPES)[-1]

@@ -30,7 +30,7 @@ FP32_POINTERS = {'A_ptr', 'D_ptr', 'bias_ptr', 'ckpt_ptr', 'segsum_ptr', 'segh_p
                  'dA_ptr', 'dB_ptr', 'dC_ptr', 'dD_ptr', 'dbias_ptr'}
 
 
-def compile_sm90(kernel, constexprs, num_warps=1):
+def compile_sm90(kernel, constexprs, num_warps=1, maxnreg=None):
     """(ptxas -v summary, SASS text) of ``kernel`` for bf16 activations, fp32 parameters. Integer arguments are
     marked 16-divisible where the JIT would specialise them so at Vim-Tiny's b128 L197 shapes (every pointer,
     size and stride but L, n_ckpt and n_seg): that decides vectorised and pipelined loads."""
@@ -40,7 +40,7 @@ def compile_sm90(kernel, constexprs, num_warps=1):
     divisible = [p for p in params if p not in constexprs and p not in ('L', 'n_ckpt', 'n_seg')]
     attrs = {(params.index(p),): [['tt.divisibility', 16]] for p in divisible}
     compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget('cuda', 90, 32), options=dict(num_warps=num_warps))
+                              target=GPUTarget('cuda', 90, 32), options=dict(num_warps=num_warps, maxnreg=maxnreg))
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = os.path.join(tmp, 'k.ptx'), os.path.join(tmp, 'k.cubin')
         with open(ptx, 'w') as f:
@@ -87,9 +87,11 @@ def main():
     args = parser.parse_args()
     options = dict(REVERSE=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NDIR=1, D_FIRST=0, D_LAST=1,
                    BLOCK_N=16, CKPT_TILES=16)
-    cases = [('forward, one segment', triton_scan._scan_fwd_kernel, dict(MODE=0, SAVE=True), args.block_e_fwd),
-             ('forward, segment summaries', triton_scan._scan_fwd_kernel, dict(MODE=1, SAVE=False), args.block_e_fwd),
-             ('forward, segment replay', triton_scan._scan_fwd_kernel, dict(MODE=2, SAVE=True), args.block_e_fwd),
+    fwd = triton_scan._scan_fwd_kernel
+    cases = [('forward, one segment', fwd, dict(MODE=0, SAVE=True, WIDEN_BC=False), args.block_e_fwd),
+             ('forward, one segment, inference', fwd, dict(MODE=0, SAVE=False, WIDEN_BC=True), args.block_e_fwd),
+             ('forward, segment summaries', fwd, dict(MODE=1, SAVE=False, WIDEN_BC=True), args.block_e_fwd),
+             ('forward, segment replay', fwd, dict(MODE=2, SAVE=True, WIDEN_BC=False), args.block_e_fwd),
              ('backward, one segment', triton_scan._scan_bwd_kernel, dict(MODE=0), args.block_e_bwd),
              ('backward, segment summaries', triton_scan._scan_bwd_kernel, dict(MODE=1), args.block_e_bwd),
              ('backward, segment replay', triton_scan._scan_bwd_kernel, dict(MODE=2), args.block_e_bwd)]
@@ -97,7 +99,8 @@ def main():
     for name, kernel, mode, block_e in cases:
         stages = triton_scan._stages(triton_scan.SCAN_CONFIG, 1 if mode['MODE'] == 0 else 2,   # 2: segmented
                                      backward=kernel is triton_scan._scan_bwd_kernel)
-        summary, sass = compile_sm90(kernel, dict(options, BLOCK_E=block_e, STAGES=stages, **mode))
+        maxnreg = triton_scan.SCAN_CONFIG['MAXNREG_WIDE'] if mode.get('WIDEN_BC') else None   # as the launch
+        summary, sass = compile_sm90(kernel, dict(options, BLOCK_E=block_e, STAGES=stages, **mode), maxnreg=maxnreg)
         updates = 4 * 16 * block_e / 32                     # per thread per tile: 4 steps x (16 states x channels)
         print(f'{name} (BLOCK_E {block_e}): {summary}')
         for ops in tile_loops(sass):                         # the backward: pass 1, then pass 2

@@ -79,10 +79,24 @@ def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _widen(v, IN_PLACE: tl.constexpr):
+    """to_f32(v); IN_PLACE: computed in v's layout, as a sum over a joined zero, which Triton 3.6 does not
+    recompute in another layout. Otherwise 3.6 reads each B and C row from the load pipeline's shared memory
+    straight into the layout that broadcasts it to every channel, and every lane widens all of its values (sm_90
+    forward loop under 3.6: 826 -> 615 instructions per tile without checkpoints; 3.8 widens on the tile either
+    way). The cost: fp32 rows held in registers (see WIDEN_BC)."""
+    f = to_f32(v)
+    if IN_PLACE:
+        f = tl.sum(tl.join(f, tl.zeros_like(f)), 2)
+    return f
+
+
+@triton.jit
 def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
-          sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr):
+          sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr):
     """Load the tile of scan steps s0 .. s0+3 (those below s_end <= L; zeros past it): time indices t (4,),
-    the mask (4, BLOCK_E), x, d delta / d dt and delta (4, BLOCK_E), B and C (4, BLOCK_N), all fp32."""
+    the mask (4, BLOCK_E), x, d delta / d dt and delta (4, BLOCK_E), B and C (4, BLOCK_N), all fp32 (B and C
+    widened in place if WIDEN_BC, see _widen)."""
     s = s0 + steps
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
     mask_s = s < s_end
@@ -90,8 +104,8 @@ def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, 
     x = to_f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
     ddelta_du, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
     mask_bc = mask_s[:, None] & mask_n[None, :]
-    Bt = to_f32(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
-    Ct = to_f32(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
+    Bt = _widen(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.), WIDEN_BC)
+    Ct = _widen(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.), WIDEN_BC)
     return t, mask, x, ddelta_du, delta, Bt, Ct
 
 
@@ -184,7 +198,7 @@ def _scan_fwd_kernel(
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t,
         NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
         REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, WIDEN_BC: tl.constexpr,
         BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments). Program (i, b, j) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of
@@ -221,7 +235,8 @@ def _scan_fwd_kernel(
         for tile in tl.range(tl.cdiv(s_end - s_begin, 4), num_stages=STAGES):
             s0 = s_begin + tile * 4
             t, mask, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
-                                                 mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+                                                 mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS,
+                                                 WIDEN_BC)
             h, y = _tile_y(h, A2, delta, x, Bt, Ct)
             if MODE == 1:
                 dsum += delta
@@ -381,7 +396,7 @@ def _scan_bwd_kernel(
                 for j in tl.range(1, n_sub, num_stages=STAGES):
                     _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps,
                                                       (tile0 + j - 1) * 4, L, L, flip, mask_e, offs_n, mask_n,
-                                                      sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+                                                      sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False)
                     h = _tile_y(h, A2, delta, x, Bt, Ct)[0]
                     tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
                 tl.debug_barrier()
@@ -391,7 +406,7 @@ def _scan_bwd_kernel(
                 s0 = (tile0 + j) * 4
                 t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
                     x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
-                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS)
+                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False)
                 do = to_f32(tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
                                     other=0.))
                 if HAS_Z:
@@ -467,13 +482,17 @@ def _scan_bwd_kernel(
 # STAGES_SEGMENTED_FWD / _BWD (the segmented launches) override it (None: STAGES). H100, CUDA-graph timing, the
 # bidirectional scan, 3 stages against 1: forward 1.6x faster at b128 L197 and 1.5x at b8 L6085; forward +
 # backward 1.3x and 1.5x with only the backward's depth changed (session 11 sweeps; kernel_results.md).
+# WIDEN_BC: the forward widens B and C in place (_widen) where it stores no checkpoints (inference) and in the
+# segment summaries; capped at MAXNREG_WIDE registers, so that 12 one-warp programs fit on an SM (b128 L197 runs
+# 11.6 per SM). Without the cap the fp32 rows took 168-192 registers, and with checkpoints 174-225 (a second wave
+# at b128: forward+backward 0.492 -> 0.515 ms, H100 device run 11 of session 11).
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
 SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_BWD=None, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=None,
                    num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072,
-                   SEG_MAX=None)
+                   SEG_MAX=None, WIDEN_BC=True, MAXNREG_WIDE=160)
 
 
 @functools.lru_cache(maxsize=None)
@@ -558,14 +577,16 @@ class SelectiveScanFn(torch.autograd.Function):
         segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
         segh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
         for mode, d_first, d_last in _passes(ndir, n_seg):
+            widen = cfg['WIDEN_BC'] and (mode == 1 or not save)
             _scan_fwd_kernel[(cdiv(E, block_e), batch, n_seg)](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
                 out, ckpt, out if y is None else y, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg,
                 *_strides(x, dt, B, C, z),
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
-                BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
-                STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'])
+                WIDEN_BC=widen, BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
+                STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'],
+                maxnreg=cfg['MAXNREG_WIDE'] if widen else None)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt, y)
         ctx.flags = (softplus, reverse, cfg, n_ckpt, bwd_launch)
         return out

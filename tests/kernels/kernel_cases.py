@@ -232,8 +232,9 @@ def test_scan_forward_without_autograd(monkeypatch, dtype, segmented, direction)
             x, dt, A, BC, D, z, bias = leaves
             return module.selective_scan(x, dt, A, BC[..., :N], BC[..., N:], D, z, bias, True, True)
         leaves = scan_leaves((), batch, L, E, N, dtype)
+    leaves = [t.to(DEVICE) for t in leaves]
     with torch.no_grad():
-        out = run(triton_ops, [t.to(DEVICE) for t in leaves])
+        out = run(triton_ops, leaves)
     assert_close(out, run(reference, [t.double() for t in leaves]), TOL[dtype], 'output')
 
 

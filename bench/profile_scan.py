@@ -32,12 +32,13 @@ def kernel_times(run, steps):
     kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda e: e.time_range.start)
     per_step = len(kernels) // steps
-    return [(kernels[i].name, statistics.mean(kernels[i + k * per_step].time_range.elapsed_us() for k in range(steps)) / 1e3)
-            for i in range(per_step)]
+    us = [[kernels[i + k * per_step].time_range.elapsed_us() for k in range(steps)] for i in range(per_step)]
+    return [(kernels[i].name, statistics.mean(us[i]) / 1e3) for i in range(per_step)]
 
 
 def phases(op, inputs):
-    """(phase, fn) to profile: the inference forward, the forward that keeps checkpoints, the backward alone."""
+    """(phase, fn) to profile: the inference forward (inputs without gradients), the forward that keeps
+    checkpoints, the backward alone (the inputs' gradients dropped first, as bench_kernels.fwd_bwd does)."""
     leaves = [t.detach().requires_grad_() for t in inputs]
     state = {}
 
@@ -45,11 +46,12 @@ def phases(op, inputs):
         state['out'] = op(*leaves)
 
     def backward():
+        for leaf in leaves:
+            leaf.grad = None
         state['out'].backward(state['grad'], retain_graph=True)
     forward_saving()
     state['grad'] = torch.ones_like(state['out'])
-    with torch.no_grad():
-        yield 'forward (inference)', lambda: op(*inputs)
+    yield 'forward (inference)', lambda: op(*inputs)
     yield 'forward (saving)', forward_saving
     forward_saving()
     yield 'backward', backward

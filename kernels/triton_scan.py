@@ -18,7 +18,8 @@ Segmented scan (long sequences, few batch elements x channel blocks: b8 L6085 gi
 the sequence is cut into segments of whole checkpoint chunks, one program per (channel block, batch element,
 segment). Pass 1 runs each segment from a zero state and keeps its end state and the sum of its deltas (the
 segment's decay is exp(A * sum delta)); pass 2 folds the earlier segments' summaries into the true entry state
-and replays the segment. The backward does the same with dh, in reverse. launch_config picks it by shape.
+and replays the segment. The backward does the same with dh, in reverse: its summaries (_dh_summary_kernel) run
+in the forward's layout, since they sum nothing over channels. launch_config picks the segmented scan by shape.
 
 Backward: the forward (when autograd needs it) stores the state every CKPT_TILES * 4 steps and, with z, the
 output before the gate (dz needs it; recomputing it instead cost the backward ~13%). The backward
@@ -110,9 +111,15 @@ def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, 
 
 
 @triton.jit
+def _decay(A2, delta):
+    """a = exp(delta A) of one step for every (state, channel), A2 = A log2 e."""
+    return tl.exp2(delta[None, :] * A2)
+
+
+@triton.jit
 def _step(h, A2, delta, dx, Bs):
-    """One state update: decay a = exp(delta A) (A2 = A log2 e) and h <- a h + delta x B. Returns (a, h)."""
-    a = tl.exp2(delta[None, :] * A2)
+    """One state update: decay a = exp(delta A) and h <- a h + delta x B. Returns (a, h)."""
+    a = _decay(A2, delta)
     return a, a * h + dx[None, :] * Bs[:, None]
 
 
@@ -314,6 +321,74 @@ def _dh_back(dh_after, a_after, Cs, dy):
 
 
 @triton.jit
+def _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR: tl.constexpr,
+        HAS_Z: tl.constexpr):
+    """dL/dy of the tile at time indices t (4,), y the scan's output before the gate and the direction sum:
+    (dout, z, sigmoid(z), dy), all (4, BLOCK_E) fp32 (z and sigmoid(z) zeros without a gate)."""
+    do = to_f32(tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask, other=0.))
+    zt = tl.zeros_like(do)
+    sig = zt
+    if HAS_Z:
+        zt = to_f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask, other=0.))
+        sig = sigmoid(zt)
+        dy = do * zt * sig / NDIR
+    else:
+        dy = do / NDIR
+    return do, zt, sig, dy
+
+
+@triton.jit
+def _dh_summary_kernel(
+        dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, segsum_ptr, segdh_ptr,
+        batch, L, E, N, seg_len, n_seg, sdt_d, sdt_b, sdt_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
+        NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
+):
+    # The segmented backward's first pass. Grid (cdiv(E, BLOCK_E), batch, segments), segments as the backward's
+    # replay (_scan_bwd_kernel with SEGMENTED). Program (i, b, j), for each direction: from dh = 0 after segment
+    # j = [s0, s1), the reverse recurrence dh_s = a_{s+1} dh_{s+1} + C_s dy_s alone (no states, one exponential
+    # per update) down to dh_{s0} -> segdh (ndir, batch, n_seg, E, N), and the sum of delta over steps
+    # s0+1 .. s1 -> segsum (ndir, batch, n_seg, E): the decay from dh_{s1} to dh_{s0} is exp(A * that sum).
+    # The forward's layout (a channel's N states in one thread): this pass sums nothing over channels, so the
+    # backward's layout (4 lanes per channel, for the sums of dB and dC) would only repeat per-channel work.
+    pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
+    pid_s = tl.program_id(2)
+    s_begin = pid_s * seg_len
+    s_end = tl.minimum(s_begin + seg_len, L)
+    steps = tl.arange(0, 4)
+    n_tiles = tl.cdiv(s_end - s_begin, 4)
+    for d in tl.static_range(NDIR):
+        flip = (d + REVERSE) % 2
+        # x and B are not read here: their rows alias dt's and C's, and the compiler drops their loads
+        A, _D, bias, _x_row, dt_row, _B_row, C_row = _direction(
+            d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, dt_ptr, dt_ptr, A_ptr, C_ptr, C_ptr, A_ptr, bias_ptr,
+            sdt_d, sdt_b, sdt_d, sdt_b, sC_d, sC_b, sC_d, sC_b, False, HAS_BIAS, BLOCK_E, BLOCK_N, True)
+        A2 = A * LOG2E
+        seg_row = (d * batch + pid_b) * n_seg
+        t_end = flip * (L - 1) + (1 - 2 * flip) * s_end
+        delta_end = _delta(dt_row, t_end * sdt_t, mask_e[None, :] & (s_end < L), bias[None, :], SOFTPLUS)[1]
+        dsum = tl.where(steps[:, None] == 0, delta_end, 0.)    # per row; summed once at the end
+        dh = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
+        a_after = dh                                           # the decay of the step after (dh is 0 there)
+        for tile in tl.range(n_tiles, num_stages=STAGES):
+            s0 = s_begin + (n_tiles - 1 - tile) * 4            # tiles last to first
+            t, mask, _, _, delta, _, Ct = _tile(dt_row, dt_row, C_row, C_row, bias, steps, s0, L, s_end, flip,
+                                                mask_e, offs_n, mask_n, sdt_t, sdt_t, sC_t, sC_t, SOFTPLUS, True)
+            dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)[3]
+            d0, d1, d2, d3 = _rows(delta)
+            c0, c1, c2, c3 = _rows(Ct)
+            g0, g1, g2, g3 = _rows(dy)
+            dh = _dh_back(dh, a_after, c3, g3)
+            dh = _dh_back(dh, _decay(A2, d3), c2, g2)
+            dh = _dh_back(dh, _decay(A2, d2), c1, g1)
+            dh = _dh_back(dh, _decay(A2, d1), c0, g0)
+            a_after = _decay(A2, d0)
+            dsum += tl.where((s0 + steps == s_begin)[:, None], 0., delta)   # s_begin itself is not in it
+        tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, tl.sum(dsum, 0), mask=mask_e)
+        tl.store(segdh_ptr + ((seg_row + pid_s) * E + offs_e[None, :]) * N + offs_n[:, None], dh, mask=mask_ne)
+
+
+@triton.jit
 def _row_grads(dh, a, h_prev, h, A, d, x, dy, Bs):
     """Gradients of one step from dL/dh_s (dh), its decay a, the states before and after it and its inputs, all
     (BLOCK_N, BLOCK_E): this step's contribution to dA, and the products whose sums the caller takes over the whole
@@ -328,7 +403,7 @@ def _scan_bwd_kernel(
         segsum_ptr, segdh_ptr, dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
         batch, L, E, N, n_ckpt, seg_len, n_seg,
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
-        NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
+        NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, SEGMENTED: tl.constexpr,
         REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
@@ -336,13 +411,8 @@ def _scan_bwd_kernel(
     # Grid: (cdiv(E, BLOCK_E), batch, segments), as the forward; a segment is a whole number of checkpoint
     # chunks. dx, ddt, dz are written (own rows only); dB, dC (summed over channels) and dA, dD, dbias (summed
     # over batch and time) are accumulated with atomics into fp32 buffers.
-    # MODE 0: one segment, all directions per program.
-    # MODE 1 (segmented, pass 1): from dh = 0 after the segment, the reverse recurrence dh_s = C_s dy_s +
-    #   a_{s+1} dh_{s+1} alone (no states, one exponential per update) down to the segment's first step ->
-    #   segdh, and the sum of delta over steps s0+1 .. s1 of segment [s0, s1) -> segsum (the decay from dh_{s1}
-    #   to dh_{s0} is exp(A * that sum)). Nothing else is written.
-    # MODE 2 (segmented, pass 2): dh after the segment from the later segments' summaries, then the full
-    #   backward of the segment; launched once per direction.
+    # One segment: all directions per program. SEGMENTED: dh after the segment from the later segments'
+    # summaries (_dh_summary_kernel), then the full backward of the segment; launched once per direction.
     pid_e, pid_b, offs_e, mask_e, offs_n, mask_n, mask_ne = _channel_block(E, N, BLOCK_E, BLOCK_N)
     pid_s = tl.program_id(2)
     s_begin = pid_s * seg_len
@@ -365,7 +435,7 @@ def _scan_bwd_kernel(
         dBC_row = (d * batch + pid_b) * L * N + offs_n[None, :]
         seg_row = (d * batch + pid_b) * n_seg
         dh = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)        # dL/dh at the step after the current tile
-        if MODE == 2:                                        # dh after this segment, from the later ones
+        if SEGMENTED:                                        # dh after this segment, from the later ones
             for ii in range(n_seg - 1 - pid_s):
                 i = n_seg - 1 - ii
                 dsum = tl.load(segsum_ptr + (seg_row + i) * E + offs_e, mask=mask_e, other=0.)
@@ -379,27 +449,24 @@ def _scan_bwd_kernel(
         dA_acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         dD_acc = tl.zeros((4, BLOCK_E), tl.float32)          # per row of the tile: summed once at the end
         dbias_acc = tl.zeros((4, BLOCK_E), tl.float32)
-        # MODE 1: the deltas of steps s_begin+1 .. s_end, per row of the tile; summed once at the end
-        dsum = tl.where(steps[:, None] == 0, delta_end, 0.)
         k_begin = s_begin // (CKPT_TILES * 4)
         n_chunks = tl.cdiv(tl.cdiv(s_end, 4), CKPT_TILES) - k_begin
         for kk in range(n_chunks):
             k = k_begin + n_chunks - 1 - kk                  # chunks last to first
             tile0 = k * CKPT_TILES
             n_sub = tl.minimum(CKPT_TILES, n_tiles - tile0)
-            if MODE != 1:
-                # Pass 1: recompute the state entering each tile of the chunk.
-                ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
-                tl.store(scratch, tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.))
-                tl.debug_barrier()
-                h = tl.load(scratch)                         # in A's layout (see scratch)
-                for j in tl.range(1, n_sub, num_stages=STAGES):
-                    _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps,
-                                                      (tile0 + j - 1) * 4, L, L, flip, mask_e, offs_n, mask_n,
-                                                      sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False)
-                    h = _tile_y(h, A2, delta, x, Bt, Ct)[0]
-                    tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
-                tl.debug_barrier()
+            # Pass 1: recompute the state entering each tile of the chunk.
+            ckpt = ckpt_ptr + (((d * batch + pid_b) * n_ckpt + k - 1) * N + offs_n[:, None]) * E
+            tl.store(scratch, tl.load(ckpt + offs_e[None, :], mask=mask_ne & (k > 0), other=0.))
+            tl.debug_barrier()
+            h = tl.load(scratch)                             # in A's layout (see scratch)
+            for j in tl.range(1, n_sub, num_stages=STAGES):
+                _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, (tile0 + j - 1) * 4, L,
+                                                  L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t,
+                                                  SOFTPLUS, False)
+                h = _tile_y(h, A2, delta, x, Bt, Ct)[0]
+                tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
+            tl.debug_barrier()
             # Pass 2: tiles in reverse, each recomputed from its entering state.
             for jj in tl.range(n_sub, num_stages=STAGES):
                 j = n_sub - 1 - jj
@@ -407,33 +474,23 @@ def _scan_bwd_kernel(
                 t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
                     x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
                     sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False)
-                do = to_f32(tl.load(dout_ptr + pid_b * sdo_b + t[:, None] * sdo_t + offs_e[None, :], mask=mask,
-                                    other=0.))
-                if HAS_Z:
-                    zt = to_f32(tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_t + offs_e[None, :], mask=mask,
-                                        other=0.))
-                    sig = sigmoid(zt)
-                    dy = do * zt * sig / NDIR
-                    if d == NDIR - 1 and MODE != 1:          # dz from the y the forward saved
-                        y = to_f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
-                        tl.store(dz_ptr + row + t[:, None] * E,
-                                 (do * y * sig * (1. + zt * (1. - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
-                else:
-                    dy = do / NDIR
+                do, zt, sig, dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)
+                if HAS_Z and d == NDIR - 1:                  # dz from the y the forward saved
+                    y = to_f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
+                    tl.store(dz_ptr + row + t[:, None] * E,
+                             (do * y * sig * (1. + zt * (1. - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
                 d0, d1, d2, d3 = _rows(delta)
                 x0, x1, x2, x3 = _rows(x)
                 b0, b1, b2, b3 = _rows(Bt)
                 c0, c1, c2, c3 = _rows(Ct)
                 g0, g1, g2, g3 = _rows(dy)
-                # The tile's decays and states (MODE 1 keeps only the decays; the compiler drops the rest).
-                h0 = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
-                if MODE != 1:
-                    h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
+                # The tile's decays and states
+                h0 = tl.load(scratch + j * BLOCK_N * BLOCK_E)
                 a0, h1 = _step(h0, A2, d0, d0 * x0, b0)
                 a1, h2 = _step(h1, A2, d1, d1 * x1, b1)
                 a2, h3 = _step(h2, A2, d2, d2 * x2, b2)
                 a3, h4 = _step(h3, A2, d3, d3 * x3, b3)
-                # dh back over the rows, with each row's gradients (unused in MODE 1, so not computed there)
+                # dh back over the rows, with each row's gradients
                 dh = _dh_back(dh, a_next, c3, g3)
                 dA3, dhB3, dd3, dB3, dC3 = _row_grads(dh, a3, h3, h4, A, d3, x3, g3, b3)
                 dh = _dh_back(dh, a3, c2, g2)
@@ -443,36 +500,27 @@ def _scan_bwd_kernel(
                 dh = _dh_back(dh, a1, c0, g0)
                 dA0, dhB0, dd0, dB0, dC0 = _row_grads(dh, a0, h0, h1, A, d0, x0, g0, b0)
                 a_next = a0
-                if MODE == 1:
-                    dsum += tl.where((s0 + steps == s_begin)[:, None], 0., delta)   # s_begin itself is not in it
-                else:
-                    dA_acc += dA0 + dA1 + dA2 + dA3
-                    dhB = _sum_rows(dhB0, dhB1, dhB2, dhB3, 0)
-                    du = tl.where(mask, (_sum_rows(dd0, dd1, dd2, dd3, 0) + x * dhB) * ddelta_du, 0.)
-                    dD_acc += dy * x
-                    dbias_acc += du
-                    tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
-                             (delta * dhB + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty),
-                             mask=mask)
-                    tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
-                             mask=mask)
-                    mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
-                    # relaxed: only atomicity is needed (the launch's end orders the sums); the default acq_rel
-                    # fences every add, and the adds cost 0.21 of 1.11 ms at b128 L197 (kernel_notes.md, reading 7)
-                    tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _sum_rows(dB0, dB1, dB2, dB3, 1), mask=mask_bc,
-                                  sem='relaxed')
-                    tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _sum_rows(dC0, dC1, dC2, dC3, 1), mask=mask_bc,
-                                  sem='relaxed')
-            if MODE != 1:
-                tl.debug_barrier()                           # the next chunk overwrites the scratch
-        if MODE == 1:
-            tl.store(segsum_ptr + (seg_row + pid_s) * E + offs_e, tl.sum(dsum, 0), mask=mask_e)
-            tl.store(segdh_ptr + ((seg_row + pid_s) * E + offs_e[None, :]) * N + offs_n[:, None], dh, mask=mask_ne)
-        else:
-            tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne,
-                          sem='relaxed')
-            tl.atomic_add(dD_ptr + d * E + offs_e, tl.sum(dD_acc, 0), mask=mask_e, sem='relaxed')
-            tl.atomic_add(dbias_ptr + d * E + offs_e, tl.sum(dbias_acc, 0), mask=mask_e, sem='relaxed')
+                dA_acc += dA0 + dA1 + dA2 + dA3
+                dhB = _sum_rows(dhB0, dhB1, dhB2, dhB3, 0)
+                du = tl.where(mask, (_sum_rows(dd0, dd1, dd2, dd3, 0) + x * dhB) * ddelta_du, 0.)
+                dD_acc += dy * x
+                dbias_acc += du
+                tl.store(dx_ptr + d * batch * L * E + row + t[:, None] * E,
+                         (delta * dhB + Dv[None, :] * dy).to(dx_ptr.dtype.element_ty), mask=mask)
+                tl.store(ddt_ptr + d * batch * L * E + row + t[:, None] * E, du.to(ddt_ptr.dtype.element_ty),
+                         mask=mask)
+                mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
+                # relaxed: only atomicity is needed (the launch's end orders the sums); the default acq_rel
+                # fences every add, and the adds cost 0.21 of 1.11 ms at b128 L197 (kernel_notes.md, reading 7)
+                tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _sum_rows(dB0, dB1, dB2, dB3, 1), mask=mask_bc,
+                              sem='relaxed')
+                tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _sum_rows(dC0, dC1, dC2, dC3, 1), mask=mask_bc,
+                              sem='relaxed')
+            tl.debug_barrier()                               # the next chunk overwrites the scratch
+        tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne,
+                      sem='relaxed')
+        tl.atomic_add(dD_ptr + d * E + offs_e, tl.sum(dD_acc, 0), mask=mask_e, sem='relaxed')
+        tl.atomic_add(dbias_ptr + d * E + offs_e, tl.sum(dbias_acc, 0), mask=mask_e, sem='relaxed')
 
 
 # Launch parameters (bench/kernel_notes.md has the measurements). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape
@@ -588,13 +636,13 @@ class SelectiveScanFn(torch.autograd.Function):
                 STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'],
                 maxnreg=cfg['MAXNREG_WIDE'] if widen else None)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt, y)
-        ctx.flags = (softplus, reverse, cfg, n_ckpt, bwd_launch)
+        ctx.flags = (softplus, reverse, cfg, n_ckpt, block_e, bwd_launch)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, dt, A, B, C, D, z, dt_bias, ckpt, y = ctx.saved_tensors
-        softplus, reverse, cfg, n_ckpt, (block_e, (seg_len, n_seg)) = ctx.flags
+        softplus, reverse, cfg, n_ckpt, block_e_fwd, (block_e, (seg_len, n_seg)) = ctx.flags
         dout = unit_last_stride(dout)
         ndir, batch, L, E = x.shape
         N = A.shape[-1]
@@ -612,15 +660,24 @@ class SelectiveScanFn(torch.autograd.Function):
         scratch = torch.empty(grid[0] * batch * n_seg * cfg['CKPT_TILES'] * BLOCK_N * block_e, **f32)
         segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
         segdh = torch.empty((ndir, batch, n_seg, E, N), **f32) if n_seg > 1 else _unused(x.device)
-        for mode, d_first, d_last in _passes(ndir, n_seg):
+        stages = _stages(cfg, n_seg, backward=True)
+        if n_seg > 1:                                        # the dh summaries, in the forward's channel blocks
+            _dh_summary_kernel[(cdiv(E, block_e_fwd), batch, n_seg)](
+                dt, A, C, x if z is None else z, x if dt_bias is None else dt_bias, dout, segsum, segdh,
+                batch, L, E, N, seg_len, n_seg, *dt.stride()[:3], *C.stride()[:3],
+                *(z.stride()[:2] if z is not None else (0, 0)), *dout.stride()[:2],
+                NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+                BLOCK_E=block_e_fwd, BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'],
+                maxnreg=cfg['MAXNREG_WIDE'])
+        for d_first, d_last in [(0, ndir)] if n_seg == 1 else [(d, d + 1) for d in range(ndir)]:
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
                 dout, ckpt, dout if y is None else y, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD,
                 dx if dz is None else dz, dbias,
                 batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
-                NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
-                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, BLOCK_E=block_e,
-                BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=_stages(cfg, n_seg, backward=True),
+                NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=n_seg > 1, REVERSE=reverse,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+                BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
                 num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)

@@ -232,6 +232,9 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
     ('segmented bwd STAGES 1', dict(STAGES_SEGMENTED_BWD=1)),
     ('segmented bwd STAGES 2', dict(STAGES_SEGMENTED_BWD=2)),
     ('CKPT_TILES 8', dict(CKPT_TILES=8)),
+    ('B, C widened per lane', dict(WIDEN_BC=False)),
+    ('SEG_TARGET_PROGRAMS 1536', dict(SEG_TARGET_PROGRAMS=1536)),
+    ('SEG_TARGET_PROGRAMS 6144', dict(SEG_TARGET_PROGRAMS=6144)),
 ]
 
 

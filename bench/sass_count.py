@@ -88,21 +88,23 @@ def main():
     options = dict(REVERSE=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NDIR=1, D_FIRST=0, D_LAST=1,
                    BLOCK_N=16, CKPT_TILES=16)
     fwd, bwd, dh_summary = triton_scan._scan_fwd_kernel, triton_scan._scan_bwd_kernel, triton_scan._dh_summary_kernel
-    # (name, kernel, its mode, channel block, segmented, register cap as the launch sets it)
-    wide = triton_scan.SCAN_CONFIG['MAXNREG_WIDE']
-    cases = [('forward, one segment', fwd, dict(MODE=0, SAVE=True, WIDEN_BC=False), args.block_e_fwd, False, None),
-             ('forward, one segment, inference', fwd, dict(MODE=0, SAVE=False, WIDEN_BC=True), args.block_e_fwd,
-              False, wide),
-             ('forward, segment summaries', fwd, dict(MODE=1, SAVE=False, WIDEN_BC=True), args.block_e_fwd, True, wide),
-             ('forward, segment replay', fwd, dict(MODE=2, SAVE=True, WIDEN_BC=False), args.block_e_fwd, True, None),
-             ('backward, one segment', bwd, dict(SEGMENTED=False), args.block_e_bwd, False, None),
-             ('backward, segment summaries', dh_summary, {}, args.block_e_fwd, True, wide),
-             ('backward, segment replay', bwd, dict(SEGMENTED=True), args.block_e_bwd, True, None)]
+    # (name, kernel, its mode, channel block, segmented); B and C widened in place, registers capped, where the
+    # launch does it (the kernels that take WIDEN_BC)
+    cfg = triton_scan.SCAN_CONFIG
+    cases = [('forward, one segment', fwd, dict(MODE=0, SAVE=True), args.block_e_fwd, False),
+             ('forward, one segment, inference', fwd, dict(MODE=0, SAVE=False), args.block_e_fwd, False),
+             ('forward, segment summaries', fwd, dict(MODE=1, SAVE=False), args.block_e_fwd, True),
+             ('forward, segment replay', fwd, dict(MODE=2, SAVE=True), args.block_e_fwd, True),
+             ('backward, one segment', bwd, dict(SEGMENTED=False), args.block_e_bwd, False),
+             ('backward, segment summaries', dh_summary, {}, args.block_e_fwd, True),
+             ('backward, segment replay', bwd, dict(SEGMENTED=True), args.block_e_bwd, True)]
     print(f'triton {triton.__version__} ({triton.__file__})')
-    for name, kernel, mode, block_e, segmented, maxnreg in cases:
-        stages = triton_scan._stages(triton_scan.SCAN_CONFIG, 2 if segmented else 1, backward=kernel is not fwd)
+    for name, kernel, mode, block_e, segmented in cases:
+        stages = triton_scan._stages(cfg, 2 if segmented else 1, backward=kernel is not fwd)
         params = inspect.signature(kernel.fn).parameters
-        constexprs = {k: v for k, v in dict(options, BLOCK_E=block_e, STAGES=stages, **mode).items() if k in params}
+        constexprs = {k: v for k, v in dict(options, BLOCK_E=block_e, STAGES=stages, WIDEN_BC=cfg['WIDEN_BC'],
+                                            **mode).items() if k in params}
+        maxnreg = cfg['MAXNREG_WIDE'] if constexprs.get('WIDEN_BC') else None
         summary, sass = compile_sm90(kernel, constexprs, maxnreg=maxnreg)
         updates = 4 * 16 * block_e / 32                     # per thread per tile: 4 steps x (16 states x channels)
         print(f'{name} (BLOCK_E {block_e}): {summary}')

@@ -84,8 +84,8 @@ def _widen(v, IN_PLACE: tl.constexpr):
     """to_f32(v); IN_PLACE: computed in v's layout, as a sum over a joined zero, which Triton 3.6 does not
     recompute in another layout. Otherwise 3.6 reads each B and C row from the load pipeline's shared memory
     straight into the layout that broadcasts it to every channel, and every lane widens all of its values (sm_90
-    forward loop under 3.6: 826 -> 615 instructions per tile without checkpoints; 3.8 widens on the tile either
-    way). The cost: fp32 rows held in registers (see WIDEN_BC)."""
+    forward loop under 3.6: 898 -> 728 instructions per tile; 3.8 widens on the tile either way). The cost: fp32
+    rows held in registers (see WIDEN_BC)."""
     f = to_f32(v)
     if IN_PLACE:
         f = tl.sum(tl.join(f, tl.zeros_like(f)), 2)
@@ -342,7 +342,8 @@ def _dh_summary_kernel(
         dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, segsum_ptr, segdh_ptr,
         batch, L, E, N, seg_len, n_seg, sdt_d, sdt_b, sdt_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
         NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
+        SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+        STAGES: tl.constexpr,
 ):
     # The segmented backward's first pass. Grid (cdiv(E, BLOCK_E), batch, segments), segments as the backward's
     # replay (_scan_bwd_kernel with SEGMENTED). Program (i, b, j), for each direction: from dh = 0 after segment
@@ -373,7 +374,8 @@ def _dh_summary_kernel(
         for tile in tl.range(n_tiles, num_stages=STAGES):
             s0 = s_begin + (n_tiles - 1 - tile) * 4            # tiles last to first
             t, mask, _, _, delta, _, Ct = _tile(dt_row, dt_row, C_row, C_row, bias, steps, s0, L, s_end, flip,
-                                                mask_e, offs_n, mask_n, sdt_t, sdt_t, sC_t, sC_t, SOFTPLUS, True)
+                                                mask_e, offs_n, mask_n, sdt_t, sdt_t, sC_t, sC_t, SOFTPLUS,
+                                                WIDEN_BC)
             dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)[3]
             d0, d1, d2, d3 = _rows(delta)
             c0, c1, c2, c3 = _rows(Ct)
@@ -530,10 +532,10 @@ def _scan_bwd_kernel(
 # STAGES_SEGMENTED_FWD / _BWD (the segmented launches) override it (None: STAGES). H100, CUDA-graph timing, the
 # bidirectional scan, 3 stages against 1: forward 1.6x faster at b128 L197 and 1.5x at b8 L6085; forward +
 # backward 1.3x and 1.5x with only the backward's depth changed (session 11 sweeps; kernel_results.md).
-# WIDEN_BC: the forward widens B and C in place (_widen) where it stores no checkpoints (inference) and in the
-# segment summaries; capped at MAXNREG_WIDE registers, so that 12 one-warp programs fit on an SM (b128 L197 runs
-# 11.6 per SM). Without the cap the fp32 rows took 168-192 registers, and with checkpoints 174-225 (a second wave
-# at b128: forward+backward 0.492 -> 0.515 ms, H100 device run 11 of session 11).
+# WIDEN_BC: the forward passes and the dh summaries widen B and C in place (_widen), capped at MAXNREG_WIDE
+# registers so that 12 one-warp programs fit on an SM (b128 L197 runs 11.6 per SM). Uncapped, the fp32 rows took
+# 168-225 registers: a second wave at b128 (forward+backward 0.492 -> 0.515 ms, H100, session 11 device run 11).
+# Capped, ptxas spills 16-24 bytes (80 in the bidirectional forward with checkpoints), mostly outside the loop.
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
@@ -625,16 +627,15 @@ class SelectiveScanFn(torch.autograd.Function):
         segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
         segh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
         for mode, d_first, d_last in _passes(ndir, n_seg):
-            widen = cfg['WIDEN_BC'] and (mode == 1 or not save)
             _scan_fwd_kernel[(cdiv(E, block_e), batch, n_seg)](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
                 out, ckpt, out if y is None else y, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg,
                 *_strides(x, dt, B, C, z),
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
-                WIDEN_BC=widen, BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
+                WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
                 STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'],
-                maxnreg=cfg['MAXNREG_WIDE'] if widen else None)
+                maxnreg=cfg['MAXNREG_WIDE'] if cfg['WIDEN_BC'] else None)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt, y)
         ctx.flags = (softplus, reverse, cfg, n_ckpt, block_e, bwd_launch)
         return out
@@ -667,8 +668,8 @@ class SelectiveScanFn(torch.autograd.Function):
                 batch, L, E, N, seg_len, n_seg, *dt.stride()[:3], *C.stride()[:3],
                 *(z.stride()[:2] if z is not None else (0, 0)), *dout.stride()[:2],
                 NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-                BLOCK_E=block_e_fwd, BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'],
-                maxnreg=cfg['MAXNREG_WIDE'])
+                WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e_fwd, BLOCK_N=BLOCK_N, STAGES=stages,
+                num_warps=cfg['num_warps'], maxnreg=cfg['MAXNREG_WIDE'] if cfg['WIDEN_BC'] else None)
         for d_first, d_last in [(0, ndir)] if n_seg == 1 else [(d, d + 1) for d in range(ndir)]:
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,

@@ -233,8 +233,8 @@ SWEEP = [  # (label, SCAN_CONFIG changes): each against the shape-picked default
     ('segmented bwd STAGES 2', dict(STAGES_SEGMENTED_BWD=2)),
     ('CKPT_TILES 8', dict(CKPT_TILES=8)),
     ('B, C widened per lane', dict(WIDEN_BC=False)),
-    ('SEG_TARGET_PROGRAMS 1536', dict(SEG_TARGET_PROGRAMS=1536)),
-    ('SEG_TARGET_PROGRAMS 6144', dict(SEG_TARGET_PROGRAMS=6144)),
+    ('SEG_TARGET_FWD 3072', dict(SEG_TARGET_FWD=3072)),
+    ('SEG_TARGET_BWD 6144', dict(SEG_TARGET_BWD=6144)),
 ]
 
 

@@ -80,24 +80,21 @@ def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _widen(v, IN_PLACE: tl.constexpr):
-    """to_f32(v); IN_PLACE: computed in v's layout, as a sum over a joined zero, which Triton 3.6 does not
-    recompute in another layout. Otherwise 3.6 reads each B and C row from the load pipeline's shared memory
-    straight into the layout that broadcasts it to every channel, and every lane widens all of its values (sm_90
-    forward loop under 3.6: 898 -> 728 instructions per tile; 3.8 widens on the tile either way). The cost: fp32
-    rows held in registers (see WIDEN_BC)."""
-    f = to_f32(v)
-    if IN_PLACE:
-        f = tl.sum(tl.join(f, tl.zeros_like(f)), 2)
-    return f
+def _in_place(v):
+    """v, computed in its own layout: a sum over a joined zero, which Triton 3.6 does not recompute in another
+    layout. 3.6 otherwise recomputes an elementwise result in the layout of each use, e.g. every lane widening
+    all of B's and C's values after their rows are broadcast (sm_90 forward loop under 3.6: 898 -> 728
+    instructions per tile with B and C in place), or softplus on every (state, channel) pair of the backward
+    (pass 2: 955 -> 847). 3.8 keeps them in place either way. The cost: the results held in registers."""
+    return tl.sum(tl.join(v, tl.zeros_like(v)), 2)
 
 
 @triton.jit
 def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
-          sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr):
+          sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr, DELTA_IN_PLACE: tl.constexpr):
     """Load the tile of scan steps s0 .. s0+3 (those below s_end <= L; zeros past it): time indices t (4,),
     the mask (4, BLOCK_E), x, d delta / d dt and delta (4, BLOCK_E), B and C (4, BLOCK_N), all fp32 (B and C
-    widened in place if WIDEN_BC, see _widen)."""
+    widened in place if WIDEN_BC, delta computed in place if DELTA_IN_PLACE: see _in_place)."""
     s = s0 + steps
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
     mask_s = s < s_end
@@ -105,8 +102,12 @@ def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, 
     x = to_f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
     ddelta_du, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
     mask_bc = mask_s[:, None] & mask_n[None, :]
-    Bt = _widen(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.), WIDEN_BC)
-    Ct = _widen(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.), WIDEN_BC)
+    Bt = to_f32(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
+    Ct = to_f32(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
+    if WIDEN_BC:
+        Bt, Ct = _in_place(Bt), _in_place(Ct)
+    if DELTA_IN_PLACE:
+        delta = _in_place(delta)
     return t, mask, x, ddelta_du, delta, Bt, Ct
 
 
@@ -243,7 +244,7 @@ def _scan_fwd_kernel(
             s0 = s_begin + tile * 4
             t, mask, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
                                                  mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS,
-                                                 WIDEN_BC)
+                                                 WIDEN_BC, MODE == 1)
             h, y = _tile_y(h, A2, delta, x, Bt, Ct)
             if MODE == 1:
                 dsum += delta
@@ -375,7 +376,7 @@ def _dh_summary_kernel(
             s0 = s_begin + (n_tiles - 1 - tile) * 4            # tiles last to first
             t, mask, _, _, delta, _, Ct = _tile(dt_row, dt_row, C_row, C_row, bias, steps, s0, L, s_end, flip,
                                                 mask_e, offs_n, mask_n, sdt_t, sdt_t, sC_t, sC_t, SOFTPLUS,
-                                                WIDEN_BC)
+                                                WIDEN_BC, True)
             dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)[3]
             d0, d1, d2, d3 = _rows(delta)
             c0, c1, c2, c3 = _rows(Ct)
@@ -465,7 +466,7 @@ def _scan_bwd_kernel(
             for j in tl.range(1, n_sub, num_stages=STAGES):
                 _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, (tile0 + j - 1) * 4, L,
                                                   L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t,
-                                                  SOFTPLUS, False)
+                                                  SOFTPLUS, False, True)
                 h = _tile_y(h, A2, delta, x, Bt, Ct)[0]
                 tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
             tl.debug_barrier()
@@ -475,7 +476,7 @@ def _scan_bwd_kernel(
                 s0 = (tile0 + j) * 4
                 t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
                     x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
-                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False)
+                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False, True)
                 do, zt, sig, dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)
                 if HAS_Z and d == NDIR - 1:                  # dz from the y the forward saved
                     y = to_f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
@@ -532,17 +533,20 @@ def _scan_bwd_kernel(
 # STAGES_SEGMENTED_FWD / _BWD (the segmented launches) override it (None: STAGES). H100, CUDA-graph timing, the
 # bidirectional scan, 3 stages against 1: forward 1.6x faster at b128 L197 and 1.5x at b8 L6085; forward +
 # backward 1.3x and 1.5x with only the backward's depth changed (session 11 sweeps; kernel_results.md).
-# WIDEN_BC: the forward passes and the dh summaries widen B and C in place (_widen), capped at MAXNREG_WIDE
+# WIDEN_BC: the forward passes and the dh summaries widen B and C in place (_in_place), capped at MAXNREG_WIDE
 # registers so that 12 one-warp programs fit on an SM (b128 L197 runs 11.6 per SM). Uncapped, the fp32 rows took
 # 168-225 registers: a second wave at b128 (forward+backward 0.492 -> 0.515 ms, H100, session 11 device run 11).
 # Capped, ptxas spills 16-24 bytes (80 in the bidirectional forward with checkpoints), mostly outside the loop.
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
-# split into segments of whole checkpoint chunks so that about SEG_TARGET_PROGRAMS programs run, but into at
+# split into segments of whole checkpoint chunks so that about SEG_TARGET_FWD / _BWD programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
-# segments before its own: n_seg steps against seg_len / BLOCK_T tiles).
+# segments before its own: n_seg steps against seg_len / BLOCK_T tiles). The forward's target is one wave of
+# 12 programs per SM (its register cap): at b8 L6085 fewer, longer segments halve the folding (bidirectional
+# forward 0.534 -> 0.514 ms, session 12 device run 8); the backward's more programs hide its latency (forward +
+# backward 2.009 -> 2.299 ms with 1536).
 SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_BWD=None, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=None,
-                   num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072,
-                   SEG_MAX=None, WIDEN_BC=True, MAXNREG_WIDE=160)
+                   num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_FWD=1536,
+                   SEG_TARGET_BWD=3072, SEG_MAX=None, WIDEN_BC=True, MAXNREG_WIDE=160)
 
 
 @functools.lru_cache(maxsize=None)
@@ -557,16 +561,16 @@ def _unused(device):
     return torch.empty(1, dtype=torch.float32, device=device)
 
 
-def _segments(cfg, programs, L, device):
+def _segments(cfg, programs, target, L, device):
     """(seg_len, n_seg) for a launch of ``programs`` programs per segment: one segment (seg_len >= L) when the
-    programs fill the GPU, else segments of whole checkpoint chunks."""
+    programs fill the GPU, else segments of whole checkpoint chunks, about ``target`` programs in all."""
     chunk = cfg['CKPT_TILES'] * BLOCK_T
     n_chunks = cdiv(L, chunk)
     min_programs = cfg['SEG_MIN_PROGRAMS'] or 2 * _sm_count(device)
     if programs >= min_programs or n_chunks < 2:
         return n_chunks * chunk, 1
     max_seg = cfg['SEG_MAX'] or max(2, math.isqrt(L // BLOCK_T))
-    want = min(n_chunks, cdiv(cfg['SEG_TARGET_PROGRAMS'], programs), max_seg)
+    want = min(n_chunks, cdiv(target, programs), max_seg)
     seg_len = cdiv(n_chunks, want) * chunk
     return seg_len, cdiv(L, seg_len)
 
@@ -580,8 +584,8 @@ def launch_config(batch, L, E, device, cfg=None):
     cfg = SCAN_CONFIG if cfg is None else cfg
     be_f = cfg['BLOCK_E_FWD'] or 32
     be_b = cfg['BLOCK_E_BWD'] or 16
-    return (be_f, _segments(cfg, batch * cdiv(E, be_f), L, device),
-            be_b, _segments(cfg, batch * cdiv(E, be_b), L, device))
+    return (be_f, _segments(cfg, batch * cdiv(E, be_f), cfg['SEG_TARGET_FWD'], L, device),
+            be_b, _segments(cfg, batch * cdiv(E, be_b), cfg['SEG_TARGET_BWD'], L, device))
 
 
 def _stages(cfg, n_seg, backward=False):

@@ -184,7 +184,7 @@ def test_selective_scan(reverse, options, dtype):
 
 def _segment_everything(monkeypatch):
     """Force the segmented scan at any shape, one checkpoint chunk per segment."""
-    for key in ('SEG_MIN_PROGRAMS', 'SEG_TARGET_PROGRAMS', 'SEG_MAX'):
+    for key in ('SEG_MIN_PROGRAMS', 'SEG_TARGET_FWD', 'SEG_TARGET_BWD', 'SEG_MAX'):
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, 1 << 30)
 
 
@@ -241,14 +241,14 @@ def test_scan_forward_without_autograd(monkeypatch, dtype, segmented, direction)
 def test_launch_config_segments_small_batches():
     """Batch x channel blocks below the threshold: segments of whole checkpoint chunks covering L."""
     cfg = dict(triton_scan.SCAN_CONFIG, CKPT_TILES=16, BLOCK_E_FWD=None, BLOCK_E_BWD=None,
-               SEG_MIN_PROGRAMS=None, SEG_TARGET_PROGRAMS=3072, SEG_MAX=None)
+               SEG_MIN_PROGRAMS=None, SEG_TARGET_FWD=1536, SEG_TARGET_BWD=3072, SEG_MAX=None)
     cpu = torch.device('cpu')
     be_f, (seg_f, n_f), be_b, (seg_b, n_b) = triton_scan.launch_config(128, 197, 384, cpu, cfg)
     assert (be_f, n_f, be_b, n_b) == (32, 1, 16, 1) and seg_f >= 197
     be_f, (seg_f, n_f), be_b, (seg_b, n_b) = triton_scan.launch_config(8, 6085, 384, cpu, cfg)
     for seg, n in ((seg_f, n_f), (seg_b, n_b)):
         assert seg % 64 == 0 and n > 1 and (n - 1) * seg < 6085 <= n * seg
-    assert 8 * 12 * n_f >= 2 * 132 and 8 * 24 * n_b >= 2 * 132 and (n_f, n_b) == (32, 16)
+    assert 8 * 12 * n_f >= 2 * 132 and 8 * 24 * n_b >= 2 * 132 and (n_f, n_b) == (16, 16)
     _, (seg_f, n_f), _, _ = triton_scan.launch_config(1, 65536, 32, cpu, cfg)   # capped at sqrt(L / BLOCK_T)
     assert n_f == 128 and seg_f == 512
 

@@ -408,7 +408,7 @@ def _scan_bwd_kernel(
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
         NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, SEGMENTED: tl.constexpr,
         REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments), as the forward; a segment is a whole number of checkpoint
@@ -466,7 +466,7 @@ def _scan_bwd_kernel(
             for j in tl.range(1, n_sub, num_stages=STAGES):
                 _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, (tile0 + j - 1) * 4, L,
                                                   L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t,
-                                                  SOFTPLUS, WIDEN_BC, True)
+                                                  SOFTPLUS, False, True)
                 h = _tile_y(h, A2, delta, x, Bt, Ct)[0]
                 tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
             tl.debug_barrier()
@@ -476,7 +476,7 @@ def _scan_bwd_kernel(
                 s0 = (tile0 + j) * 4
                 t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
                     x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
-                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, WIDEN_BC, True)
+                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False, True)
                 do, zt, sig, dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)
                 if HAS_Z and d == NDIR - 1:                  # dz from the y the forward saved
                     y = to_f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
@@ -533,8 +533,8 @@ def _scan_bwd_kernel(
 # STAGES_SEGMENTED_FWD / _BWD (the segmented launches) override it (None: STAGES). H100, CUDA-graph timing, the
 # bidirectional scan, 3 stages against 1: forward 1.6x faster at b128 L197 and 1.5x at b8 L6085; forward +
 # backward 1.3x and 1.5x with only the backward's depth changed (session 11 sweeps; kernel_results.md).
-# WIDEN_BC: every scan kernel widens B and C in place (_in_place); the forward passes and the dh summaries are
-# capped at MAXNREG_WIDE registers so that 12 one-warp programs fit on an SM (b128 L197 runs 11.6 per SM). Uncapped, the fp32 rows took
+# WIDEN_BC: the forward passes and the dh summaries widen B and C in place (_in_place), capped at MAXNREG_WIDE
+# registers so that 12 one-warp programs fit on an SM (b128 L197 runs 11.6 per SM). Uncapped, the fp32 rows took
 # 168-225 registers: a second wave at b128 (forward+backward 0.492 -> 0.515 ms, H100, session 11 device run 11).
 # Capped, ptxas spills 16-24 bytes (80 in the bidirectional forward with checkpoints), mostly outside the loop.
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
@@ -682,8 +682,8 @@ class SelectiveScanFn(torch.autograd.Function):
                 batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=n_seg > 1, REVERSE=reverse,
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-                WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'],
-                STAGES=stages, num_warps=cfg['num_warps'])
+                BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
+                num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
 

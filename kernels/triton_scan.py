@@ -85,7 +85,8 @@ def _in_place(v):
     layout. 3.6 otherwise recomputes an elementwise result in the layout of each use, e.g. every lane widening
     all of B's and C's values after their rows are broadcast (sm_90 forward loop under 3.6: 898 -> 728
     instructions per tile with B and C in place), or softplus on every (state, channel) pair of the backward
-    (pass 2: 955 -> 847). 3.8 keeps them in place either way. The cost: the results held in registers."""
+    (pass 2: 955 -> 848). 3.8 keeps them in place either way. The cost: the results held in registers (B and
+    C in place slowed the backward, which has none to spare: kernel_results.md, session 12 run 13)."""
     return tl.sum(tl.join(v, tl.zeros_like(v)), 2)
 
 

@@ -88,8 +88,8 @@ def main():
     options = dict(REVERSE=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NDIR=1, D_FIRST=0, D_LAST=1,
                    BLOCK_N=16, CKPT_TILES=16)
     fwd, bwd, dh_summary = triton_scan._scan_fwd_kernel, triton_scan._scan_bwd_kernel, triton_scan._dh_summary_kernel
-    # (name, kernel, its mode, channel block, segmented); B and C widened in place, registers capped, where the
-    # launch does it (the kernels that take WIDEN_BC)
+    # (name, kernel, its mode, channel block, segmented); B and C widened in place and registers capped as the
+    # launches do
     cfg = triton_scan.SCAN_CONFIG
     cases = [('forward, one segment', fwd, dict(MODE=0, SAVE=True), args.block_e_fwd, False),
              ('forward, one segment, inference', fwd, dict(MODE=0, SAVE=False), args.block_e_fwd, False),
@@ -104,7 +104,7 @@ def main():
         params = inspect.signature(kernel.fn).parameters
         constexprs = {k: v for k, v in dict(options, BLOCK_E=block_e, STAGES=stages, WIDEN_BC=cfg['WIDEN_BC'],
                                             **mode).items() if k in params}
-        maxnreg = cfg['MAXNREG_WIDE'] if constexprs.get('WIDEN_BC') else None
+        maxnreg = triton_scan._register_cap(cfg) if kernel is not bwd else None   # as launched
         summary, sass = compile_sm90(kernel, constexprs, maxnreg=maxnreg)
         updates = 4 * 16 * block_e / 32                     # per thread per tile: 4 steps x (16 states x channels)
         print(f'{name} (BLOCK_E {block_e}): {summary}')

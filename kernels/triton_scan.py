@@ -598,14 +598,22 @@ def _stages(cfg, n_seg, backward=False):
     return cfg[key] or cfg['STAGES']
 
 
+def _z_strides(z):
+    return z.stride()[:2] if z is not None else (0, 0)
+
+
 def _strides(x, dt, B, C, z):
-    return (*x.stride()[:3], *dt.stride()[:3], *B.stride()[:3], *C.stride()[:3],
-            *(z.stride()[:2] if z is not None else (0, 0)))
+    return (*x.stride()[:3], *dt.stride()[:3], *B.stride()[:3], *C.stride()[:3], *_z_strides(z))
+
+
+def _register_cap(cfg):
+    """maxnreg of the launches that widen B and C in place (the forward's and the dh summaries'), or None."""
+    return cfg['MAXNREG_WIDE'] if cfg['WIDEN_BC'] else None
 
 
 def _passes(ndir, n_seg):
-    """(MODE, D_FIRST, D_LAST) of each launch: one plain launch, or a summary launch over
-    all directions and a replay launch per direction (see the kernels' comments)."""
+    """(MODE, D_FIRST, D_LAST) of each launch, forward or backward: one plain launch (MODE 0), or a summary
+    launch over all directions (MODE 1) and a replay launch per direction (MODE 2; see the kernels' comments)."""
     if n_seg == 1:
         return [(0, 0, ndir)]
     return [(1, 0, ndir)] + [(2, d, d + 1) for d in range(ndir)]
@@ -639,8 +647,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
                 WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
-                STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'],
-                maxnreg=cfg['MAXNREG_WIDE'] if cfg['WIDEN_BC'] else None)
+                STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt, y)
         ctx.flags = (softplus, reverse, cfg, n_ckpt, block_e, bwd_launch)
         return out
@@ -667,24 +674,24 @@ class SelectiveScanFn(torch.autograd.Function):
         segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
         segdh = torch.empty((ndir, batch, n_seg, E, N), **f32) if n_seg > 1 else _unused(x.device)
         stages = _stages(cfg, n_seg, backward=True)
-        if n_seg > 1:                                        # the dh summaries, in the forward's channel blocks
-            _dh_summary_kernel[(cdiv(E, block_e_fwd), batch, n_seg)](
-                dt, A, C, x if z is None else z, x if dt_bias is None else dt_bias, dout, segsum, segdh,
-                batch, L, E, N, seg_len, n_seg, *dt.stride()[:3], *C.stride()[:3],
-                *(z.stride()[:2] if z is not None else (0, 0)), *dout.stride()[:2],
-                NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-                WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e_fwd, BLOCK_N=BLOCK_N, STAGES=stages,
-                num_warps=cfg['num_warps'], maxnreg=cfg['MAXNREG_WIDE'] if cfg['WIDEN_BC'] else None)
-        for d_first, d_last in [(0, ndir)] if n_seg == 1 else [(d, d + 1) for d in range(ndir)]:
-            _scan_bwd_kernel[grid](
-                x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-                dout, ckpt, dout if y is None else y, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD,
-                dx if dz is None else dz, dbias,
-                batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
-                NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=n_seg > 1, REVERSE=reverse,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-                BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
-                num_warps=cfg['num_warps'])
+        for mode, d_first, d_last in _passes(ndir, n_seg):
+            if mode == 1:                                    # the dh summaries, in the forward's channel blocks
+                _dh_summary_kernel[(cdiv(E, block_e_fwd), batch, n_seg)](
+                    dt, A, C, x if z is None else z, x if dt_bias is None else dt_bias, dout, segsum, segdh,
+                    batch, L, E, N, seg_len, n_seg, *dt.stride()[:3], *C.stride()[:3], *_z_strides(z),
+                    *dout.stride()[:2], NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None,
+                    HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e_fwd,
+                    BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
+            else:
+                _scan_bwd_kernel[grid](
+                    x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
+                    dout, ckpt, dout if y is None else y, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD,
+                    dx if dz is None else dz, dbias,
+                    batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
+                    NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=mode == 2, REVERSE=reverse,
+                    HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+                    BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
+                    num_warps=cfg['num_warps'])
         return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
                 dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
 

@@ -13,6 +13,8 @@ Under ``TRITON_INTERPRET=1`` Triton also runs on CPU tensors, but only when aske
 import contextlib
 import functools
 import os
+import re
+import warnings
 from typing import Iterator, Optional
 
 import torch
@@ -50,14 +52,37 @@ def triton_interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
+# The kernels use tl.range's software pipelining, tl.join / tl.split and the launch's maxnreg.
+MIN_TRITON = (3, 0)
+_warned_fallback = False
+
+
 @functools.lru_cache(maxsize=None)
 def triton_import_error() -> Optional[str]:
     """None when the Triton kernels import; otherwise why not."""
     try:
+        import triton
+    except Exception as e:
+        return f'Triton is not installed ({type(e).__name__}: {e})'
+    version = tuple(int(part) for part in re.findall(r'\d+', triton.__version__)[:2])
+    if version < MIN_TRITON:
+        return f'Triton {triton.__version__} is older than {".".join(map(str, MIN_TRITON))}, the oldest the kernels run on'
+    try:
         from . import triton_ops  # noqa: F401
-    except Exception as e:  # no triton, or a triton too old for the kernels
+    except Exception as e:
         return f'{type(e).__name__}: {e}'
     return None
+
+
+def _warn_reference_on_cuda(reason: str) -> None:
+    """Say once per process that CUDA tensors run on the reference path, and why, instead of falling back silently."""
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"vim.kernels: the Triton kernels cannot run ({reason}), so CUDA tensors take the PyTorch reference "
+            f"path, several times slower. Install the Triton your torch was built with (torch's CUDA wheels pin it), "
+            f"or set {ENV_VAR}=reference to choose the reference path knowingly.", RuntimeWarning, stacklevel=4)
 
 
 def _triton_runs_on(tensor: torch.Tensor) -> bool:
@@ -78,9 +103,13 @@ def resolve(tensor: torch.Tensor, backend: Optional[str] = None) -> str:
     if choice == 'reference':
         return 'reference'
     if choice == 'auto':  # the kernels take fp32 / fp16 / bf16; float64 stays on the reference
-        usable = (tensor.is_cuda and tensor.dtype in KERNEL_DTYPES and not triton_interpreting()
-                  and triton_import_error() is None)
-        return 'triton' if usable else 'reference'
+        if not (tensor.is_cuda and tensor.dtype in KERNEL_DTYPES and not triton_interpreting()):
+            return 'reference'
+        error = triton_import_error()
+        if error is not None:
+            _warn_reference_on_cuda(error)
+            return 'reference'
+        return 'triton'
     if not _triton_runs_on(tensor):
         raise RuntimeError(
             f"Triton backend requested but the input is on {tensor.device}: Triton kernels need CUDA tensors "

@@ -9,6 +9,7 @@ import timm
 import torch
 
 import vim
+from vim.detection import vim_detection_backbone
 from vim.checkpoint import CheckpointError, convert_checkpoint, main as convert_main, unwrap_state_dict
 from released_vim import released_forward
 
@@ -112,7 +113,7 @@ def test_foreign_and_corrupt_checkpoints_get_clear_errors(tmp_path, released_fil
         load(str(foreign), img_size=64, num_classes=10)
     truncated = tmp_path / 'truncated.pth'
     truncated.write_bytes(open(released_file[0], 'rb').read()[:1000])
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match=r'cannot read checkpoint .*truncated.pth \(1000 bytes\): the file is truncated'):
         load(str(truncated), img_size=64, num_classes=10)
     with pytest.raises(CheckpointError, match=r'\(1000 bytes\): the file is truncated'):
         convert_checkpoint(str(truncated), str(tmp_path / 'out.safetensors'))
@@ -125,7 +126,7 @@ def test_convert_tool_writes_loadable_safetensors(tmp_path, released_file, capsy
     assert dst.exists() and '"tensors"' in capsys.readouterr().out
     model = load(str(dst), img_size=64, num_classes=10)
     torch.testing.assert_close(model.norm_f.weight, envelope['model_ema']['norm_f.weight'])
-    with pytest.raises(CheckpointError, match='no checkpoint at'):
+    with pytest.raises(CheckpointError, match='missing.pth does not exist'):
         convert_checkpoint(str(tmp_path / 'missing.pth'), str(dst))
 
 
@@ -135,3 +136,52 @@ def test_unwrap_prefers_ema_and_strips_ddp_prefix():
     assert unwrap_state_dict({'model': {'a': 1}, 'model_ema': {'b': 2}}) == {'b': 2}
     assert unwrap_state_dict({'model': {'a': 1}, 'model_ema': {'b': 2}}, use_ema=False) == {'a': 1}
     assert unwrap_state_dict({'model': {'a': 1}, 'model_ema': None}) == {'a': 1}
+
+
+class Opaque:
+    """A class a weights-only load refuses to unpickle."""
+
+
+@pytest.mark.parametrize('content, reason', [
+    (None, r'does not exist'),
+    (b'PK\x03\x04 half a zip', r'\(\d+ bytes\): the file is truncated or not a PyTorch checkpoint'),
+    ('object', r'pickles a Python object \(.*Opaque\) that a safe, weights-only load refuses'),
+])
+def test_every_pretrained_file_error_is_one_line_without_unsafe_advice(tmp_path, content, reason):
+    path = tmp_path / 'weights.pth'
+    if content == 'object':
+        torch.save({'model': {'w': torch.ones(2)}, 'extra': Opaque()}, path)
+    elif content is not None:
+        path.write_bytes(content)
+    for create in (lambda: load(str(path), img_size=64, num_classes=10),
+                   lambda: vim_detection_backbone('vim_tiny_patch16_224', pretrained=str(path),
+                                                 model_kwargs=SMALL)):
+        with pytest.raises(CheckpointError, match=str(path) + '.*' + reason) as err:
+            create()
+        message = str(err.value)
+        assert '\n' not in message and 'weights_only=False' not in message and err.value.__cause__ is None
+
+
+def test_the_hub_without_a_network_fails_at_once_and_says_how_to_pass_a_file(monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'ENDPOINT', 'https://hub.invalid')     # .invalid never resolves
+    monkeypatch.setattr('huggingface_hub.try_to_load_from_cache', lambda *a, **k: None)
+    for offline in (False, True):
+        monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', offline)
+        with pytest.raises(CheckpointError) as err:
+            timm.create_model('vim_tiny_patch16_224', pretrained=True)
+        message = str(err.value)
+        assert 'hustvl/Vim-tiny-midclstok' in message and 'vim_t_midclstok_76p1acc.pth' in message
+        assert "pretrained_cfg_overlay=dict(file='vim_t_midclstok_76p1acc.pth')" in message and '\n' not in message
+        assert ('HF_HUB_OFFLINE is set' if offline else 'no network: cannot resolve hub.invalid') in message
+
+
+def test_convert_tool_errors_are_one_line(tmp_path, capsys):
+    assert convert_main([str(tmp_path / 'missing.pth'), str(tmp_path / 'out.safetensors')]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f'vim-convert: error: checkpoint {tmp_path / "missing.pth"} does not exist'
+    foreign = tmp_path / 'resnet.pth'
+    torch.save({'model': {'fc.weight': torch.ones(2, 2)}}, foreign)
+    assert convert_main([str(foreign), str(tmp_path / 'out.safetensors'), '--model', 'vim_tiny_patch16_224']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'Not a Vision Mamba' in err[0] and not (tmp_path / 'out.safetensors').exists()

@@ -53,3 +53,22 @@ def test_ops_take_a_backend_argument():
     x = torch.randn(1, 6, 4)
     out = kernels.causal_conv1d(x, torch.randn(4, 4), backend='reference')
     assert out.shape == x.shape
+
+
+def test_a_triton_too_old_is_named_and_the_fallback_said_once(monkeypatch):
+    import sys
+    import types
+    dispatch.triton_import_error.cache_clear()
+    monkeypatch.setitem(sys.modules, 'triton', types.SimpleNamespace(__version__='2.3.1'))
+    try:
+        reason = dispatch.triton_import_error()
+    finally:
+        dispatch.triton_import_error.cache_clear()
+    assert reason == 'Triton 2.3.1 is older than 3.0, the oldest the kernels run on'
+    monkeypatch.setattr(dispatch, '_warned_fallback', False)
+    with pytest.warns(RuntimeWarning, match=r'Triton 2\.3\.1 is older .* CUDA tensors take the PyTorch reference'):
+        dispatch._warn_reference_on_cuda(reason)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        dispatch._warn_reference_on_cuda(reason)     # once per process: the second call is silent

@@ -2,7 +2,9 @@
 
     python tools/convert_checkpoint.py vim_t_midclstok_76p1acc.pth vim_tiny.safetensors --model vim_tiny_patch16_224
 """
+import sys
+
 from vim.checkpoint import main
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

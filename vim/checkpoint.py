@@ -9,7 +9,10 @@ import argparse
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
+import urllib.parse
 from typing import Any, Dict, Optional
 
 import torch
@@ -79,11 +82,28 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not belong to the model being built."""
 
 
+def _why_unreadable(err: Exception) -> str:
+    """torch.load's reason in one clause, without its advice to load with weights_only=False (that runs
+    whatever code the file holds)."""
+    text = str(err)
+    if 'WeightsUnpickler error:' in text:
+        detail = next((line.strip() for line in text.split('WeightsUnpickler error:', 1)[1].splitlines()
+                       if line.strip()), '')
+        if detail.startswith('Unsupported global:'):
+            name = detail.split('GLOBAL', 1)[-1].split()[0] if 'GLOBAL' in detail else '?'
+            return (f'it pickles a Python object ({name}) that a safe, weights-only load refuses: it is not a '
+                    f'plain weights file (save the state dict alone, or convert it with vim-convert)')
+        return f'it is not a PyTorch checkpoint ({detail.rstrip(".")})'
+    first = text.split('. ')[0].splitlines()[0] if text else type(err).__name__
+    return f'the file is truncated or not a PyTorch checkpoint ({first})'
+
+
 def read_checkpoint(path: str) -> Dict[str, Any]:
-    """torch.load (weights_only) or safetensors load, with a clear error for a missing, truncated or
-    foreign file."""
+    """torch.load (weights_only) or safetensors load, with a one-line :class:`CheckpointError` for a missing,
+    truncated or foreign file."""
     if not os.path.isfile(path):
-        raise CheckpointError(f'no checkpoint at {path}')
+        where = 'is a directory, not a checkpoint file' if os.path.isdir(path) else 'does not exist'
+        raise CheckpointError(f'checkpoint {path} {where}')
     size = os.path.getsize(path)
     try:
         if path.endswith('.safetensors'):
@@ -92,10 +112,49 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
-        first_line = str(err).splitlines()[0] if str(err) else ''
-        raise CheckpointError(
-            f'cannot read checkpoint {path} ({size} bytes): the file is truncated or not a PyTorch '
-            f'checkpoint ({type(err).__name__}: {first_line})') from err
+        raise CheckpointError(f'cannot read checkpoint {path} ({size} bytes): {_why_unreadable(err)}') from None
+
+
+def _hub_file(repo: str, filename: str) -> str:
+    """The local path of ``filename`` of hub repository ``repo``: the cache, else a download. Without a network
+    it fails at once (no retries) with an error that says how to pass a local file instead."""
+    advice = (f"download {filename} from https://huggingface.co/{repo} where a network exists and pass it: "
+              f"timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='{filename}')), or "
+              f"model.pretrained_file={filename} in a recipe")
+    try:
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    except ImportError:
+        raise CheckpointError(f'loading {repo}/{filename} from the Hugging Face hub needs huggingface_hub '
+                              f'(pip install huggingface_hub); or {advice}') from None
+    cached = try_to_load_from_cache(repo, filename)
+    if isinstance(cached, str):
+        return cached
+    reason = 'HF_HUB_OFFLINE is set' if constants.HF_HUB_OFFLINE else None
+    if reason is None:
+        host = urllib.parse.urlparse(constants.ENDPOINT).hostname
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError as err:
+            reason = f'no network: cannot resolve {host} ({err.strerror or err})'
+    if reason is None:
+        try:
+            return hf_hub_download(repo, filename)
+        except Exception as err:
+            reason = f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
+    raise CheckpointError(f'cannot download {filename} from the Hugging Face hub repository {repo} ({reason}); {advice}')
+
+
+def pretrained_checkpoint(pretrained_cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The checkpoint a pretrained cfg names (its ``file``, else its hub file), read by :func:`read_checkpoint`,
+    so every entry point (timm.create_model, training, evaluation, detection) fails the same clear way.
+    None where the cfg names neither (a state dict or URL timm loads itself)."""
+    if pretrained_cfg.get('state_dict') is not None:
+        return None
+    if pretrained_cfg.get('file'):
+        return read_checkpoint(os.fspath(pretrained_cfg['file']))
+    if pretrained_cfg.get('hf_hub_id') and pretrained_cfg.get('hf_hub_filename'):
+        return read_checkpoint(_hub_file(pretrained_cfg['hf_hub_id'], pretrained_cfg['hf_hub_filename']))
+    return None
 
 
 def convert_checkpoint(src: str, dst: str, model_name: Optional[str] = None, use_ema: bool = True) -> Dict[str, Any]:
@@ -126,7 +185,7 @@ def convert_checkpoint(src: str, dst: str, model_name: Optional[str] = None, use
     return report
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description='Convert a released hustvl/Vim checkpoint (.pth envelope) to a safetensors weight file '
                     'that loads with timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...)).')
@@ -136,4 +195,12 @@ def main(argv=None) -> None:
     parser.add_argument('--no-ema', action='store_true', help="take 'model' even when 'model_ema' is present")
     args = parser.parse_args(argv)
     import vim  # noqa: F401  registers the models
-    print(json.dumps(convert_checkpoint(args.src, args.dst, args.model, use_ema=not args.no_ema), indent=2))
+    try:
+        report = convert_checkpoint(args.src, args.dst, args.model, use_ema=not args.no_ema)
+    except (CheckpointError, KeyError, ValueError, RuntimeError) as err:
+        # KeyError: not a Vim checkpoint; RuntimeError: an unknown --model, or weights that do not fit it
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f'vim-convert: error: {message}', file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0

@@ -12,10 +12,10 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from .checkpoint import checkpoint_filter_fn
+from .checkpoint import checkpoint_filter_fn, pretrained_checkpoint
 from .layers import Block, PatchEmbed, ResidualSum, RMSNorm
 
 __all__ = ['VisionMamba', 'insert_middle_token', 'remove_middle_token', 'resample_pos_embed']
@@ -299,12 +299,20 @@ class VisionMamba(nn.Module):
 # ----- registration -----
 def _create_vision_mamba(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    if pretrained:  # read by vim.checkpoint, not timm's loader: one clear error for a bad file or no network
+        cfg = resolve_pretrained_cfg(variant, kwargs.pop('pretrained_cfg', None),
+                                     kwargs.pop('pretrained_cfg_overlay', None)).to_dict()
+        cfg['state_dict'] = pretrained_checkpoint(cfg) or cfg['state_dict']
+        kwargs['pretrained_cfg'] = cfg
+    model = build_model_with_cfg(
         VisionMamba, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+    if pretrained:  # the cfg stays on the model: it must not keep a second copy of the weights alive
+        model.pretrained_cfg['state_dict'] = None
+    return model
 
 
 def _cfg(hf_hub_id: str, hf_hub_filename: str, **kwargs) -> dict:

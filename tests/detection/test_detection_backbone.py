@@ -5,6 +5,7 @@ import timm
 import torch
 
 import vim  # noqa: F401  (registers the Vim models)
+from vim.checkpoint import CheckpointError
 from vim.detection import VimDetectionBackbone, vim_detection_backbone
 
 from conftest import TINY_MODEL, TINY_VIM
@@ -95,5 +96,5 @@ def test_pretrained_weights_load_from_a_file(tmp_path, tiny_backbone_kwargs):
         if name in loaded:
             torch.testing.assert_close(loaded[name], value, msg=f"parameter {name} was not loaded")
     assert 'layers.1.mixer.in_proj.weight' in loaded
-    with pytest.raises(FileNotFoundError, match='does_not_exist.pth'):
+    with pytest.raises(CheckpointError, match='does_not_exist.pth does not exist'):
         vim_detection_backbone(TINY_MODEL, pretrained=str(tmp_path / 'does_not_exist.pth'), **tiny_backbone_kwargs)

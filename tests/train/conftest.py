@@ -46,6 +46,32 @@ def write_recipe(tmp_path):
     return write
 
 
+@pytest.fixture
+def vim_log():
+    """The records of the 'vim.train' logger during a test, from a handler on that logger itself: independent of
+    propagation, of the order tests run in and of pytest's caplog internals."""
+    import logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+        def messages(self, level=logging.DEBUG):
+            return [r.getMessage() for r in self.records if r.levelno >= level]
+
+    logger = logging.getLogger('vim.train')
+    handler, level = Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op thread: on a shared 2-core CI machine, OpenMP spinning makes 2 threads far slower."""

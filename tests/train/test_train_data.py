@@ -154,3 +154,13 @@ def test_repeated_augmentation_repeats_images_with_distinct_augmentations():
                                seed=2, rank=0, world_size=1)
     other.sampler.set_epoch(0)
     assert [i for _, i in other.sampler] != indices                # the run seed changes the order
+
+
+def test_the_digits_recipe_states_the_split_it_trains_on():
+    import re
+    from vim.data.datasets import DigitsDataset
+    pytest.importorskip('sklearn')
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    text = open(os.path.join(repo, 'configs', 'quickstart_digits.yaml')).read()
+    train_n, val_n = (int(n.replace(',', '')) for n in re.search(r'([\d,]+) training / ([\d,]+) validation', text).groups())
+    assert (train_n, val_n) == (len(DigitsDataset('train')), len(DigitsDataset('val')))

@@ -72,7 +72,7 @@ def test_atomic_save_and_truncated_file(tmp_path):
     open(path, 'wb').write(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match=r'ck.pth \(\d+ bytes\): the file is truncated'):
         load_checkpoint(path)
-    with pytest.raises(CheckpointError, match='no checkpoint at'):
+    with pytest.raises(CheckpointError, match='missing.pth does not exist'):
         load_checkpoint(str(tmp_path / 'missing.pth'))
 
 

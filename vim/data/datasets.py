@@ -121,7 +121,10 @@ class ImageFolderDataset(ImageDataset):
                 raise ValueError(f"{root} has classes the training split lacks: {unknown[:10]}")
         self.class_to_idx = class_to_idx
         self.classes = sorted(class_to_idx, key=class_to_idx.get)
-        self.samples = make_dataset(root, {c: class_to_idx[c] for c in found}, extensions=IMG_EXTENSIONS)
+        try:  # torchvision refuses a class folder without images, naming the class but not the folder
+            self.samples = make_dataset(root, {c: class_to_idx[c] for c in found}, extensions=IMG_EXTENSIONS)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{root}: {err}") from None
         if not self.samples:
             raise FileNotFoundError(f"no images with extensions {IMG_EXTENSIONS} under {root}")
         self.mode = 'L' if in_chans == 1 else 'RGB'

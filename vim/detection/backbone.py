@@ -159,10 +159,7 @@ def vim_detection_backbone(
     """
     create_kwargs = dict(model_kwargs)
     if isinstance(pretrained, (str, os.PathLike)):
-        path = os.fspath(pretrained)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Pretrained checkpoint {path!r} does not exist.")
-        create_kwargs['pretrained_cfg_overlay'] = dict(file=path)
+        create_kwargs['pretrained_cfg_overlay'] = dict(file=os.fspath(pretrained))
         pretrained = True
     create_kwargs.setdefault('dynamic_img_size', True)
     create_kwargs.setdefault('dynamic_img_pad', True)

@@ -12,7 +12,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from .backbone import PathOrFlag, vim_detection_backbone
-from .engine import draw_detections, evaluate_detections, predict, save_png, train_detector
+from .engine import draw_detections, evaluate_detections, legend, predict, save_png, train_detector
 from .finetune import param_groups_layer_decay
 from .shapes import ShapesDataset
 
@@ -124,4 +124,5 @@ def _save_panel(dataset: ShapesDataset, predictions: Sequence[Dict[str, torch.Te
         target = dict(target, boxes=target['boxes'] * scale)
         drawn.append(draw_detections(image, prediction, dataset.classes, target=target))
     gap = torch.full((3, drawn[0].shape[1], 4), 255, dtype=torch.uint8)
-    save_png(torch.cat([part for d in drawn for part in (d, gap)][:-1], dim=2), path)
+    panel = torch.cat([part for d in drawn for part in (d, gap)][:-1], dim=2)
+    save_png(torch.cat([panel, legend(panel.shape[2])], dim=1), path)

@@ -4,6 +4,7 @@ import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -13,7 +14,7 @@ from torchvision.utils import draw_bounding_boxes
 from .shapes import collate_detection
 
 __all__ = ['train_detector', 'predict', 'evaluate_detections', 'average_precision', 'draw_detections',
-           'save_png']
+           'place_labels', 'legend', 'save_png']
 
 
 def _to_device(images, targets, device):
@@ -164,6 +165,28 @@ def evaluate_detections(
     return result
 
 
+PREDICTION_COLOUR, TRUTH_COLOUR = (255, 0, 0), (0, 255, 0)
+
+
+def place_labels(boxes: Sequence[Sequence[float]], sizes: Sequence[Sequence[int]],
+                 image_size: Sequence[int]) -> List[tuple]:
+    """Where to write each box's label: (x0, y0, x1, y1) of a ``sizes[i]`` = (width, height) rectangle just
+    above its box, else just below, else inside its top, else the first free row, so that no two labels
+    overlap and each stays inside the (height, width) image where it fits."""
+    height, width = image_size
+    placed: List[tuple] = []
+
+    def free(r):
+        return all(r[2] <= p[0] or p[2] <= r[0] or r[3] <= p[1] or p[3] <= r[1] for p in placed)
+
+    for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
+        left = int(min(max(x0, 0), max(width - w, 0)))
+        tops = [y0 - h, y1, y0] + list(range(0, max(height - h, 0) + 1, h or 1))
+        candidates = [(left, int(t), left + w, int(t) + h) for t in tops if 0 <= t <= height - h]
+        placed.append(next((r for r in candidates if free(r)), candidates[0] if candidates else (left, 0, left + w, h)))
+    return placed
+
+
 def draw_detections(
         image: torch.Tensor,
         prediction: Dict[str, torch.Tensor],
@@ -172,17 +195,41 @@ def draw_detections(
         score_threshold: float = 0.5,
 ) -> torch.Tensor:
     """``image`` (3, H, W, float in [0, 1]) as uint8 with the predicted boxes scoring at least
-    ``score_threshold`` (red, labelled "name score") and, when given, the ground-truth boxes (green)."""
+    ``score_threshold`` (red, labelled "name score", labels placed so they do not overlap) and, when given,
+    the ground-truth boxes (green)."""
+    from PIL import Image, ImageDraw, ImageFont
+
     canvas = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
     if target is not None and len(target['boxes']):
-        canvas = draw_bounding_boxes(canvas, target['boxes'].cpu(), colors='lime', width=1)
+        canvas = draw_bounding_boxes(canvas, target['boxes'].cpu(), colors=TRUTH_COLOUR, width=1)
     keep = prediction['scores'] >= score_threshold
     boxes = prediction['boxes'][keep].cpu()
-    if len(boxes):
-        names = [f"{class_names[int(label)]} {float(score):.2f}"
-                 for label, score in zip(prediction['labels'][keep], prediction['scores'][keep])]
-        canvas = draw_bounding_boxes(canvas, boxes, labels=names, colors='red', width=2)
-    return canvas
+    if not len(boxes):
+        return canvas
+    canvas = draw_bounding_boxes(canvas, boxes, colors=PREDICTION_COLOUR, width=2)
+    names = [f"{class_names[int(label)]} {float(score):.2f}"
+             for label, score in zip(prediction['labels'][keep], prediction['scores'][keep])]
+    picture = Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy())
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    sizes = [(int(draw.textlength(name, font=font)) + 2, 11) for name in names]
+    for name, rect in zip(names, place_labels(boxes.tolist(), sizes, canvas.shape[1:])):
+        draw.rectangle(rect, fill=PREDICTION_COLOUR)
+        draw.text((rect[0] + 1, rect[1]), name, fill=(255, 255, 255), font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+def legend(width: int) -> torch.Tensor:
+    """A (3, 14, width) uint8 strip that says which colour is which."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new('RGB', (width, 14), (255, 255, 255))
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
+    x = 4
+    for colour, text in ((PREDICTION_COLOUR, 'prediction (class score)'), (TRUTH_COLOUR, 'ground truth')):
+        draw.rectangle((x, 3, x + 8, 11), outline=colour, width=2)
+        draw.text((x + 12, 1), text, fill=(0, 0, 0), font=font)
+        x += 24 + int(draw.textlength(text, font=font))
+    return torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
 
 
 def save_png(image: torch.Tensor, path: str) -> None:

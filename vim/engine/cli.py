@@ -34,13 +34,11 @@ def _train_parser() -> argparse.ArgumentParser:
 def _train_config(args) -> dict:
     if args.config:
         return load_config(args.config, args.overrides)
-    if args.resume:
-        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
-        path = os.path.join(run_dir, 'config.yaml')
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no config.yaml in {run_dir}; pass the recipe with --config")
-        with open(path) as f:
-            return load_config(recipe=yaml.safe_load(f), overrides=args.overrides)
+    if args.resume:  # the recipe the checkpoint was written with (which also checks that the file reads)
+        saved = load_checkpoint(args.resume).get('config')
+        if saved is None:
+            raise ConfigError(f"{args.resume} carries no recipe (not written by vim-train): pass --config")
+        return load_config(recipe=saved, overrides=args.overrides)
     raise ConfigError('give a recipe with --config (see configs/), or --resume a run')
 
 

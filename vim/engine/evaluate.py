@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import VisionMamba, checkpoint_filter_fn
 from ..data import build_dataset, build_eval_loader, build_eval_transform, resolve_data_settings
 from . import distributed as du
-from .metrics import setup_logging, topk_correct
+from .metrics import close_logging, setup_logging, topk_correct
 from .model import build_model
 from .state import FORMAT, check_compatible, load_checkpoint, load_model_state
 
@@ -104,4 +104,5 @@ def run_evaluation(cfg: Dict, checkpoint: Optional[str] = None, output: Optional
                 json.dump({'checkpoint': checkpoint, 'model': arch['model'], 'results': results}, f, indent=2)
         return results
     finally:
+        close_logging()
         du.shutdown()

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-__all__ = ['topk_correct', 'MetricsLog', 'Progress', 'format_duration', 'setup_logging']
+__all__ = ['topk_correct', 'MetricsLog', 'Progress', 'format_duration', 'setup_logging', 'close_logging']
 
 logger = logging.getLogger('vim.train')
 
@@ -109,17 +109,41 @@ class Progress:
             self.bar.close()
 
 
+_OWN = '_vim_run_handler'     # marks the handlers setup_logging adds, so it replaces only its own
+
+
+class _TerminalOnly(logging.Filter):
+    """Keeps records logged with ``extra={'log_file_only': True}`` (a failure's traceback) off the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, 'log_file_only', False)
+
+
 def setup_logging(run_dir: Optional[str], is_main: bool) -> None:
+    """Route the ``vim.train`` logger to stdout and, with ``run_dir`` on the main process, to ``run_dir/train.log``.
+
+    Idempotent: a second call replaces the handlers the first added (never a user's or a test harness's), so no
+    record is written twice however often a process trains. :func:`close_logging` undoes it."""
+    close_logging()
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
     logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
     fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S')
     stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(fmt)
-    logger.addHandler(stream)
+    stream.addFilter(_TerminalOnly())
+    handlers = [stream]
     if run_dir and is_main:
-        fh = logging.FileHandler(os.path.join(run_dir, 'train.log'))
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
+        handlers.append(logging.FileHandler(os.path.join(run_dir, 'train.log')))
+    for h in handlers:
+        h.setFormatter(fmt)
+        setattr(h, _OWN, True)
+        logger.addHandler(h)
+
+
+def close_logging() -> None:
+    """Remove and close the handlers :func:`setup_logging` added; the logger propagates again, as by default."""
+    for h in list(logger.handlers):
+        if getattr(h, _OWN, False):
+            logger.removeHandler(h)
+            h.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

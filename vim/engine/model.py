@@ -1,5 +1,4 @@
 """Build the classifier a recipe names, through ``timm.create_model`` (``import vim`` registers Vim)."""
-import os
 from typing import Any, Dict, Tuple
 
 import timm
@@ -29,9 +28,7 @@ def build_model(cfg: Dict, num_classes: int, load_pretrained: bool = True) -> Tu
     kwargs = model_kwargs(cfg)
     pretrained = bool(mcfg['pretrained']) and load_pretrained
     extra = {}
-    if pretrained and mcfg['pretrained_file']:
-        if not os.path.isfile(mcfg['pretrained_file']):
-            raise FileNotFoundError(f"model.pretrained_file not found: {mcfg['pretrained_file']}")
+    if pretrained and mcfg['pretrained_file']:  # read (and any error raised) by vim.checkpoint's loader
         extra['pretrained_cfg_overlay'] = dict(file=mcfg['pretrained_file'])
     try:
         model = timm.create_model(mcfg['name'], pretrained=pretrained, num_classes=num_classes,

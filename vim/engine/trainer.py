@@ -24,7 +24,7 @@ from ..data.loader import steps_per_epoch
 from . import distributed as du
 from .config import dump_config
 from .evaluate import autocast, evaluate
-from .metrics import MetricsLog, Progress, setup_logging
+from .metrics import MetricsLog, Progress, close_logging, setup_logging
 from .model import build_model
 from .optim import build_optimizer, build_scheduler
 from .plots import write_plots
@@ -91,7 +91,14 @@ def train(cfg: Dict, output: Optional[str] = None, resume: Optional[str] = None,
     info = du.init_distributed(cfg['train']['device'])
     try:
         return _Run(cfg, info, output, resume, datasets).fit()
+    except BaseException as err:
+        # Into train.log when the run directory exists (the terminal gets the caller's one line); a run whose
+        # setup failed never made its directory, so nothing is left behind.
+        what = 'interrupted' if isinstance(err, KeyboardInterrupt) else f'failed: {type(err).__name__}: {err}'
+        logger.error(f'run {what}', exc_info=not isinstance(err, KeyboardInterrupt), extra={'log_file_only': True})
+        raise
     finally:
+        close_logging()
         du.shutdown()
 
 
@@ -99,6 +106,7 @@ class _Run:
     def __init__(self, cfg, info: du.DistInfo, output, resume, datasets):
         self.cfg, self.info = cfg, info
         tcfg, dcfg = cfg['train'], cfg['data']
+        setup_logging(None, info.is_main)                    # the terminal only, until the run directory exists
         self.device = info.device
         self.amp = tcfg['amp']
         if self.amp == 'fp16' and self.device.type == 'cpu':
@@ -113,11 +121,6 @@ class _Run:
         elif taken:  # every process raises, so none waits for the others
             raise FileExistsError(f"{run_dir} already holds a run (last.pth); continue it with --resume {run_dir} "
                                   f"or pick another --output")
-        if info.is_main:
-            os.makedirs(run_dir, exist_ok=True)
-        du.barrier()
-        setup_logging(run_dir, info.is_main)
-        self.log = MetricsLog(os.path.join(run_dir, 'metrics.jsonl') if info.is_main else None)
 
         # identical model initialisation on every process; then per-process training randomness
         seed_everything(cfg['seed'])
@@ -168,6 +171,13 @@ class _Run:
         self.mixup = _build_mixup(cfg['aug'], self.num_classes)
         self.criterion = _Criterion(self.mixup is not None, float(cfg['aug']['label_smoothing']))
 
+        # Everything that can fail before the first step (data, model, pretrained weights) has run: the run
+        # directory is made only now.
+        if info.is_main:
+            os.makedirs(run_dir, exist_ok=True)
+        du.barrier()
+        setup_logging(run_dir, info.is_main)
+        self.log = MetricsLog(os.path.join(run_dir, 'metrics.jsonl') if info.is_main else None)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.best = {'value': None, 'epoch': None}
         self.accum = {'loss_sum': 0.0, 'loss_count': 0, 'skipped_images': 0, 'skipped_steps': 0}

@@ -8,7 +8,7 @@ memory floor (bytes that must cross device memory once / copy bandwidth measured
 Times are medians of triton.testing.do_bench (CUDA events) after warm-up. bf16 activations, fp32 parameters.
 Those time back-to-back calls from Python, so an op whose host-side work (autograd, allocations, launches)
 outlasts its GPU work is timed by the host: the forward+backward rows of the small ops (RMSNorm about 0.85 ms
-at every shape, kernel_results.md) look like that. --graph replays the calls from a CUDA graph instead
+at every shape in eager timing) look like that. --graph replays the calls from a CUDA graph instead
 (triton.testing.do_bench_cudagraph), which leaves GPU time alone.
 The official kernels take (batch, channels, L) activations; their inputs are transposed outside the timed region,
 so their numbers exclude the layout copies the released Vim code pays for.
@@ -70,7 +70,7 @@ def fwd_bwd(fn, inputs):
     """Forward, then backward for every input that takes a gradient. The inputs' gradients are dropped before
     each run, as in training, where x, dt, z, B and C are activations whose gradients flow on: kept, autograd
     would add each run's gradients to the last ones, elementwise kernels that belong to neither implementation
-    (0.11 ms of the b8 L6085 scan's, kernel_results.md, session 12)."""
+    (0.11 ms of the b8 L6085 scan's, docs/performance.md)."""
     leaves = [t.detach().requires_grad_() for t in inputs]
 
     def run():

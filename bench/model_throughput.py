@@ -4,8 +4,8 @@
 
 bf16 autocast, batch inference, eager mode (or, with --cuda-graph, replays of each model's forward recorded as a
 CUDA graph: what the GPU does without the host's Python and launches per call); images/s from the median of
-timed batches, peak memory from torch.cuda.max_memory_allocated. Shapes follow DESIGN.md's anchors: 224 px at
-batch 256 and 1248 px at batch 8.
+timed batches, peak memory from torch.cuda.max_memory_allocated. Shapes: 224 px at batch 256 and 1248 px at batch 8
+(docs/performance.md).
 """
 import argparse
 import contextlib

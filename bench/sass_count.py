@@ -3,7 +3,7 @@
 Compiles each kernel ahead of time for an H100 (Triton's bundled ptxas, target sm_90a), reports registers and
 spills from `ptxas -v`, and counts the SASS instructions of each tile loop by opcode. The
 per-update figure divides that loop by the state updates one thread does per tile (4 steps x the states it
-holds), the number bench/kernel_notes.md budgets against.
+holds), the number docs/performance.md budgets against.
 
     python bench/sass_count.py [--block-e-fwd 32] [--block-e-bwd 16]
 

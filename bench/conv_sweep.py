@@ -1,19 +1,17 @@
-"""Launch configurations of the conv1d kernels (bench/kernel_notes.md, reading 12): the bidirectional conv1d
-forward and forward+backward over BLOCK_T x BLOCK_E x num_warps, CUDA-graph timing, with x the strided first
-half of in_proj's output as the model passes it. Floor: x read once, two outputs written, over the copy
-bandwidth of the same run.
+"""Launch configurations of the conv1d kernels: the bidirectional conv1d forward and forward+backward over
+BLOCK_T x BLOCK_E x num_warps (kernels/triton_conv1d.py's CONV_CONFIG picks one), CUDA-graph timing, with x the
+strided first half of in_proj's output as the model passes it. Floor: x read once, two outputs written, over
+the copy bandwidth of the same run. Results: docs/performance.md.
 
-    python3 bench/prototypes/conv_sweep.py
+    python bench/conv_sweep.py
 """
 import itertools
-import sys
 
 import torch
 
-sys.path[:0] = ['bench']
-import bench_kernels  # noqa: E402
-from bench_kernels import copy_bandwidth, nbytes, time_configs  # noqa: E402
-from vim.kernels import triton_conv1d, triton_ops  # noqa: E402
+import bench_kernels
+from bench_kernels import copy_bandwidth, nbytes, time_configs
+from vim.kernels import triton_conv1d, triton_ops
 
 SHAPES = [(128, 197, 384), (256, 197, 384), (8, 6085, 384)]
 CONFIGS = [dict(BLOCK_T=t, BLOCK_E=e, num_warps=w)

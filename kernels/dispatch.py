@@ -51,13 +51,18 @@ def triton_interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def triton_import_error() -> Optional[str]:
-    """None when the Triton kernels import; otherwise why not."""
+def _triton_import_error() -> Optional[str]:
     try:
         from . import triton_ops  # noqa: F401
     except Exception as e:  # no triton, or a triton too old for the kernels
         return f'{type(e).__name__}: {e}'
     return None
+
+
+@torch.compiler.assume_constant_result    # torch.compile calls it while tracing instead of tracing the import
+def triton_import_error() -> Optional[str]:
+    """None when the Triton kernels import; otherwise why not."""
+    return _triton_import_error()
 
 
 def _triton_runs_on(tensor: torch.Tensor) -> bool:

@@ -79,7 +79,7 @@ def params_and_grads(model, out, grad_out):
     return [(name, p.grad.clone()) for name, p in model.named_parameters() if p.grad is not None]
 
 
-def compare_compiled(model, images, backend=BACKEND, tol=1e-5, dtype=None):
+def compare_compiled(model, images, backend=BACKEND, tol=1e-5 if INTERPRET else 1e-4, dtype=None):
     """Eager against torch.compile(fullgraph=True) on the Triton path: inference output, training output and
     the gradient of every parameter, at every batch of ``images``."""
     compiled = torch.compile(model, backend=backend, fullgraph=True)
@@ -135,11 +135,11 @@ def test_compile_vim_tiny_cuda():
 
 
 @gpu
-@pytest.mark.parametrize('mode', ['reduce-overhead', 'max-autotune-no-cudagraphs'])
-def test_compile_modes_vim_tiny_cuda(mode):
+def test_compile_reduce_overhead_vim_tiny_cuda():
+    """The README's fixed-shape recipe: CUDA graphs of the compiled forward, replayed."""
     model = timm.create_model('vim_tiny_patch16_224').to(DEVICE).eval()
     image = torch.randn(2, 3, 224, 224, device=DEVICE)
-    compiled = torch.compile(model, mode=mode, fullgraph=True)
+    compiled = torch.compile(model, mode='reduce-overhead', fullgraph=True)
     with torch.inference_mode():
         ref = model(image)
         for _ in range(3):   # reduce-overhead records a CUDA graph on a later call

@@ -58,8 +58,7 @@ _warned_fallback = False
 
 
 @functools.lru_cache(maxsize=None)
-def triton_import_error() -> Optional[str]:
-    """None when the Triton kernels import; otherwise why not."""
+def _triton_import_error() -> Optional[str]:
     try:
         import triton
     except Exception as e:
@@ -72,6 +71,12 @@ def triton_import_error() -> Optional[str]:
     except Exception as e:
         return f'{type(e).__name__}: {e}'
     return None
+
+
+@torch.compiler.assume_constant_result    # torch.compile calls it while tracing instead of tracing the import
+def triton_import_error() -> Optional[str]:
+    """None when the Triton kernels import; otherwise why not."""
+    return _triton_import_error()
 
 
 def _warn_reference_on_cuda(reason: str) -> None:

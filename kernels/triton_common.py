@@ -1,5 +1,5 @@
 """Input checks shared by the Triton wrappers: a clear error before a kernel could read out of bounds."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -39,3 +39,24 @@ def unit_last_stride(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if tensor is None or tensor.stride(-1) == 1 or tensor.shape[-1] == 1:
         return tensor
     return tensor.contiguous()
+
+
+def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd will want the backward of an op on these inputs."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def traced(x: torch.Tensor) -> bool:
+    """Under torch.compile or torch.export (fake or functional tensors): the wrappers then call the registered
+    custom op, one opaque node to the tracer. In eager calls without autograd they call the launch function
+    itself, which skips the dispatcher's few microseconds per op (eager inference at small batches is bound by
+    the host: bench/host_overhead.py)."""
+    return torch.compiler.is_compiling() or type(x) is not torch.Tensor
+
+
+def grads_like(empty_from: torch.Tensor, *inputs: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """Contiguous uninitialised tensors, each of its input's shape and dtype; an empty one on empty_from's device
+    where the input is None (a custom op returns no None). The backward ops allocate and fake their gradients
+    through this, so the fake implementations match the real ones."""
+    return tuple(empty_from.new_empty(0) if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                 for t in inputs)

@@ -6,11 +6,14 @@ Direction d scans forward (causal: out_t reads x_{t-W+1} .. x_t) or, when revers
 A program owns a (BLOCK_T, BLOCK_E) tile of one batch element and computes it for every direction, so the tile of
 x and its halo come from memory once for both.
 """
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from .triton_common import cdiv, check, unit_last_stride
+from .triton_common import cdiv, check, grads_like, needs_grad, traced, unit_last_stride
 from .triton_math import sigmoid
 
 
@@ -127,45 +130,68 @@ def _conv_bwd_dx_kernel(w_ptr, g_ptr, dx_ptr, batch, L, E,
 CONV_CONFIG = dict(BLOCK_T=32, BLOCK_E=64, num_warps=2)
 
 
-class Conv1dFn(torch.autograd.Function):
+def _conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
     """x (batch, L, E), weight (ndir, E, W), bias (ndir, E) or None -> (ndir, batch, L, E)."""
+    x = unit_last_stride(x)
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    batch, L, E = x.shape
+    ndir, _, W = weight.shape
+    cfg = CONV_CONFIG
+    out = torch.empty((ndir, batch, L, E), dtype=x.dtype, device=x.device)
+    grid = (cdiv(L, cfg['BLOCK_T']), cdiv(E, cfg['BLOCK_E']), batch)
+    _conv_fwd_kernel[grid](x, weight, x if bias is None else bias, out, batch, L, E, *x.stride()[:2],
+                           NDIR=ndir, REVERSE=reverse, HAS_BIAS=bias is not None, SILU=silu, W=W,
+                           BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
+    return out
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, silu, reverse):
-        x = unit_last_stride(x)
-        weight = weight.contiguous()
-        bias = None if bias is None else bias.contiguous()
-        batch, L, E = x.shape
-        ndir, _, W = weight.shape
-        cfg = CONV_CONFIG
-        out = torch.empty((ndir, batch, L, E), dtype=x.dtype, device=x.device)
-        grid = (cdiv(L, cfg['BLOCK_T']), cdiv(E, cfg['BLOCK_E']), batch)
-        _conv_fwd_kernel[grid](x, weight, x if bias is None else bias, out, batch, L, E, *x.stride()[:2],
-                               NDIR=ndir, REVERSE=reverse, HAS_BIAS=bias is not None, SILU=silu, W=W,
-                               BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
-        ctx.save_for_backward(x, weight, bias)
-        ctx.flags = (silu, reverse)
-        return out
 
-    @staticmethod
-    def backward(ctx, dout):
-        x, weight, bias = ctx.saved_tensors
-        silu, reverse = ctx.flags
-        dout = unit_last_stride(dout)
-        batch, L, E = x.shape
-        ndir, _, W = weight.shape
-        cfg = CONV_CONFIG
-        dx = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
-        g = torch.empty((ndir, batch, L, E), dtype=dout.dtype, device=x.device)   # dL/d(pre-activation)
-        grid = (cdiv(L, cfg['BLOCK_T']), cdiv(E, cfg['BLOCK_E']), batch)
-        dw = torch.empty((grid[0] * batch, *weight.shape), dtype=torch.float32, device=x.device)
-        dbias = torch.empty((grid[0] * batch, ndir, E), dtype=torch.float32, device=x.device)
-        blocks = dict(W=W, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
-        _conv_bwd_gate_kernel[grid](x, weight, x if bias is None else bias, dout, g, dw, dbias, batch, L, E,
-                                    *x.stride()[:2], *dout.stride()[:3], NDIR=ndir, REVERSE=reverse,
-                                    HAS_BIAS=bias is not None, SILU=silu, **blocks)
-        _conv_bwd_dx_kernel[grid](weight, g, dx, batch, L, E, NDIR=ndir, REVERSE=reverse, **blocks)
-        return dx, dw.sum(0).to(weight.dtype), None if bias is None else dbias.sum(0).to(bias.dtype), None, None
+def _conv_backward(dout: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool,
+                   reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    x, dout = unit_last_stride(x), unit_last_stride(dout)
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    batch, L, E = x.shape
+    ndir, _, W = weight.shape
+    cfg = CONV_CONFIG
+    dx, = grads_like(x, x)
+    g = torch.empty((ndir, batch, L, E), dtype=dout.dtype, device=x.device)   # dL/d(pre-activation)
+    grid = (cdiv(L, cfg['BLOCK_T']), cdiv(E, cfg['BLOCK_E']), batch)
+    dw = torch.empty((grid[0] * batch, *weight.shape), dtype=torch.float32, device=x.device)
+    dbias = torch.empty((grid[0] * batch, ndir, E), dtype=torch.float32, device=x.device)
+    blocks = dict(W=W, BLOCK_T=cfg['BLOCK_T'], BLOCK_E=cfg['BLOCK_E'], num_warps=cfg['num_warps'])
+    _conv_bwd_gate_kernel[grid](x, weight, x if bias is None else bias, dout, g, dw, dbias, batch, L, E,
+                                *x.stride()[:2], *dout.stride()[:3], NDIR=ndir, REVERSE=reverse,
+                                HAS_BIAS=bias is not None, SILU=silu, **blocks)
+    _conv_bwd_dx_kernel[grid](weight, g, dx, batch, L, E, NDIR=ndir, REVERSE=reverse, **blocks)
+    return dx, dw.sum(0).to(weight.dtype), x.new_empty(0) if bias is None else dbias.sum(0).to(bias.dtype)
+
+
+# Forward and backward as PyTorch custom ops (opaque to torch.compile and torch.export).
+conv1d_op = torch.library.custom_op('vim::conv1d', _conv_forward, mutates_args=())
+conv1d_op.register_fake(lambda x, weight, bias, silu, reverse: x.new_empty((weight.shape[0], *x.shape)))
+conv1d_backward_op = torch.library.custom_op('vim::conv1d_backward', _conv_backward, mutates_args=())
+conv1d_backward_op.register_fake(lambda dout, x, weight, bias, silu, reverse: grads_like(x, x, weight, bias))
+
+
+def _setup_conv(ctx, inputs, output):
+    x, weight, bias, silu, reverse = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.flags = silu, reverse
+
+
+def _conv_vjp(ctx, dout):
+    x, weight, bias = ctx.saved_tensors
+    dx, dw, dbias = conv1d_backward_op(dout, x, weight, bias, *ctx.flags)
+    return dx, dw, None if bias is None else dbias, None, None
+
+
+conv1d_op.register_autograd(_conv_vjp, setup_context=_setup_conv)
+
+
+def _conv(x, weight, bias, silu, reverse):
+    run = conv1d_op if needs_grad(x, weight, bias) or traced(x) else _conv_forward
+    return run(x, weight, bias, silu, reverse)
 
 
 def _check_x(op, x):
@@ -181,7 +207,7 @@ def causal_conv1d(x, weight, bias=None, silu=False, reverse=False):
     width = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 4
     check('causal_conv1d', 'weight', weight, (E, width), x.device)
     check('causal_conv1d', 'bias', bias, (E,), x.device, optional=True)
-    return Conv1dFn.apply(x, weight[None], None if bias is None else bias[None], bool(silu), bool(reverse))[0]
+    return _conv(x, weight[None], None if bias is None else bias[None], bool(silu), bool(reverse))[0]
 
 
 def bidirectional_conv1d(x, weight, bias):
@@ -190,4 +216,4 @@ def bidirectional_conv1d(x, weight, bias):
     width = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 3 else 4
     check('bidirectional_conv1d', 'weight', weight, (2, E, width), x.device)
     check('bidirectional_conv1d', 'bias', bias, (2, E), x.device)
-    return Conv1dFn.apply(x, weight, bias, True, False)
+    return _conv(x, weight, bias, True, False)

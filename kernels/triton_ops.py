@@ -1,5 +1,8 @@
-"""The Triton backend: the ops of :mod:`.reference`, same names and positional signatures, as Triton kernels
-with ``torch.autograd.Function`` backwards. :mod:`.dispatch` imports this module on the 'triton' backend.
+"""The Triton backend: the ops of :mod:`.reference`, same names and positional signatures, as Triton kernels.
+:mod:`.dispatch` imports this module on the 'triton' backend; importing it registers the kernels with PyTorch as
+custom ops (``torch.ops.vim.scan``, ``conv1d``, ``add_rms_norm`` and a ``*_backward`` op each, whose autograd
+formula the forward op carries), which torch.compile and torch.export keep as opaque nodes. Load a program
+exported on this backend after ``import vim.kernels.triton_ops``.
 
 Kernel families: :mod:`.triton_scan` (selective and bidirectional scan), :mod:`.triton_conv1d` (depthwise
 causal conv1d + SiLU), :mod:`.triton_rmsnorm` (residual add + RMSNorm). Inputs: CUDA tensors (or CPU tensors

@@ -4,11 +4,14 @@ s = x + residual (or x), out = s * rstd * weight with rstd = 1 / sqrt(mean(s^2) 
 the new residual s is returned in fp32 (residual_in_fp32) or x's dtype. Rows are the flattened leading axes.
 The backward recomputes s and rstd from x and residual instead of saving them.
 """
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from .triton_common import cdiv, check, next_power_of_2, unit_last_stride
+from .triton_common import cdiv, check, grads_like, needs_grad, next_power_of_2, traced, unit_last_stride
 
 
 @triton.jit
@@ -64,39 +67,61 @@ def _block_m(D):
     return max(1, min(16, 4096 // next_power_of_2(D)))
 
 
-class AddRMSNormFn(torch.autograd.Function):
+def _norm_outputs(x, residual_in_fp32):
+    """out in x's dtype and the new residual, fp32 or x's dtype: contiguous, x's shape (real or fake alike)."""
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            torch.empty(x.shape, dtype=torch.float32 if residual_in_fp32 else x.dtype, device=x.device))
 
-    @staticmethod
-    def forward(ctx, x, residual, weight, eps, residual_in_fp32):
-        shape, D = x.shape, x.shape[-1]
-        x2, r2 = _rows(x), None if residual is None else _rows(residual)
-        M = x2.shape[0]
-        out = torch.empty((M, D), dtype=x.dtype, device=x.device)
-        res_out = torch.empty((M, D), dtype=torch.float32 if residual_in_fp32 else x.dtype, device=x.device)
-        BLOCK_M = _block_m(D)
-        _rmsnorm_fwd_kernel[(cdiv(M, BLOCK_M),)](
-            x2, x2 if r2 is None else r2, weight, out, res_out, M, D, eps, x2.stride(0),
-            0 if r2 is None else r2.stride(0), HAS_RES=r2 is not None, BLOCK_M=BLOCK_M,
-            BLOCK_D=next_power_of_2(D))
-        ctx.save_for_backward(x2, r2, weight)
-        ctx.eps, ctx.shape, ctx.res_dtype = eps, shape, None if residual is None else residual.dtype
-        return out.view(shape), res_out.view(shape)
 
-    @staticmethod
-    def backward(ctx, dout, dres_out):
-        x2, r2, weight = ctx.saved_tensors
-        M, D = x2.shape
-        dout, dres_out = (g.reshape(M, D).contiguous() for g in (dout, dres_out))
-        dx = torch.empty((M, D), dtype=x2.dtype, device=x2.device)
-        dres = None if r2 is None else torch.empty((M, D), dtype=ctx.res_dtype, device=x2.device)
-        BLOCK_M = _block_m(D)
-        dw = torch.empty((cdiv(M, BLOCK_M), D), dtype=torch.float32, device=x2.device)
-        _rmsnorm_bwd_kernel[(dw.shape[0],)](
-            x2, x2 if r2 is None else r2, weight, dout, dres_out, dx, dx if dres is None else dres, dw, M, D,
-            ctx.eps, x2.stride(0), 0 if r2 is None else r2.stride(0), HAS_RES=r2 is not None, BLOCK_M=BLOCK_M,
-            BLOCK_D=next_power_of_2(D))
-        return (dx.view(ctx.shape), None if dres is None else dres.view(ctx.shape), dw.sum(0).to(weight.dtype),
-                None, None)
+def _norm_forward(x: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
+                  residual_in_fp32: bool) -> Tuple[Tensor, Tensor]:
+    x2, r2 = _rows(x), None if residual is None else _rows(residual)
+    M, D = x2.shape
+    out, res_out = _norm_outputs(x, residual_in_fp32)
+    BLOCK_M = _block_m(D)
+    _rmsnorm_fwd_kernel[(cdiv(M, BLOCK_M),)](
+        x2, x2 if r2 is None else r2, weight, out, res_out, M, D, eps, x2.stride(0),
+        0 if r2 is None else r2.stride(0), HAS_RES=r2 is not None, BLOCK_M=BLOCK_M, BLOCK_D=next_power_of_2(D))
+    return out, res_out
+
+
+def _norm_backward(dout: Tensor, dres_out: Tensor, x: Tensor, residual: Optional[Tensor], weight: Tensor,
+                   eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """dx, dresidual (empty without a residual), dweight."""
+    x2, r2 = _rows(x), None if residual is None else _rows(residual)
+    M, D = x2.shape
+    dout, dres_out = (g.reshape(M, D).contiguous() for g in (dout, dres_out))
+    dx, dres = grads_like(x, x, residual)
+    BLOCK_M = _block_m(D)
+    dw = torch.empty((cdiv(M, BLOCK_M), D), dtype=torch.float32, device=x.device)
+    _rmsnorm_bwd_kernel[(dw.shape[0],)](
+        x2, x2 if r2 is None else r2, weight, dout, dres_out, dx, dx if r2 is None else dres, dw, M, D, eps,
+        x2.stride(0), 0 if r2 is None else r2.stride(0), HAS_RES=r2 is not None, BLOCK_M=BLOCK_M,
+        BLOCK_D=next_power_of_2(D))
+    return dx, dres, dw.sum(0).to(weight.dtype)
+
+
+# Forward and backward as PyTorch custom ops (opaque to torch.compile and torch.export).
+add_rms_norm_op = torch.library.custom_op('vim::add_rms_norm', _norm_forward, mutates_args=())
+add_rms_norm_op.register_fake(lambda x, residual, weight, eps, residual_in_fp32: _norm_outputs(x, residual_in_fp32))
+add_rms_norm_backward_op = torch.library.custom_op('vim::add_rms_norm_backward', _norm_backward, mutates_args=())
+add_rms_norm_backward_op.register_fake(
+    lambda dout, dres_out, x, residual, weight, eps: grads_like(x, x, residual, weight))
+
+
+def _setup_norm(ctx, inputs, output):
+    x, residual, weight, eps, _ = inputs
+    ctx.save_for_backward(x, residual, weight)
+    ctx.eps = eps
+
+
+def _norm_vjp(ctx, dout, dres_out):
+    x, residual, weight = ctx.saved_tensors
+    dx, dres, dw = add_rms_norm_backward_op(dout, dres_out, x, residual, weight, ctx.eps)
+    return dx, None if residual is None else dres, dw, None, None
+
+
+add_rms_norm_op.register_autograd(_norm_vjp, setup_context=_setup_norm)
 
 
 def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
@@ -106,4 +131,5 @@ def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
     check(op, 'x', x, x.shape, x.device)
     check(op, 'residual', residual, x.shape, x.device, optional=True)
     check(op, 'weight', weight, x.shape[-1:], x.device)
-    return AddRMSNormFn.apply(x, residual, weight, float(eps), bool(residual_in_fp32))
+    run = add_rms_norm_op if needs_grad(x, residual, weight) or traced(x) else _norm_forward
+    return run(x, residual, weight, float(eps), bool(residual_in_fp32))

@@ -36,12 +36,14 @@ is states-contiguous like A: one that was not cost a conversion per step (kernel
 """
 import functools
 import math
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from .triton_common import cdiv, check, next_power_of_2, unit_last_stride
+from .triton_common import cdiv, check, grads_like, needs_grad, next_power_of_2, traced, unit_last_stride
 from .triton_math import LOG2E, sigmoid, softplus, to_f32
 
 BLOCK_T = 4                                                  # steps per tile: _rows splits a tile into 4 rows
@@ -619,81 +621,128 @@ def _passes(ndir, n_seg):
     return [(1, 0, ndir)] + [(2, d, d + 1) for d in range(ndir)]
 
 
-class SelectiveScanFn(torch.autograd.Function):
-    """Scan over a leading direction axis: x, dt (ndir, batch, L, E) etc.; output (batch, L, E)."""
+def _checkpoints(L, save):
+    """How many states the forward stores for the backward: one per checkpoint chunk after the first."""
+    return cdiv(L, SCAN_CONFIG['CKPT_TILES'] * BLOCK_T) - 1 if save else 0
 
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, softplus, reverse):
-        x, dt, B, C, z = (unit_last_stride(t) for t in (x, dt, B, C, z))
-        A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
-        ndir, batch, L, E = x.shape
-        N = A.shape[-1]
-        cfg = dict(SCAN_CONFIG)
-        chunk = cfg['CKPT_TILES'] * BLOCK_T
-        save = any(ctx.needs_input_grad)
-        n_ckpt = cdiv(L, chunk) - 1 if save else 0
-        block_e, (seg_len, n_seg), *bwd_launch = launch_config(batch, L, E, x.device, cfg)
-        f32 = dict(dtype=torch.float32, device=x.device)
-        out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
-        ckpt = torch.empty((ndir, batch, n_ckpt, N, E), **f32) if n_ckpt else _unused(x.device)
-        y = torch.empty_like(out) if save and z is not None else None   # before the gate, for dz
-        segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
-        segh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
-        for mode, d_first, d_last in _passes(ndir, n_seg):
-            _scan_fwd_kernel[(cdiv(E, block_e), batch, n_seg)](
+
+def _scan_outputs(x, A, z, save):
+    """The forward's outputs, allocated (real or fake alike): out (batch, L, E) in x's dtype; the checkpoints
+    (ndir, batch, n_ckpt, N, E) fp32; y before the gate, as out where the backward needs it, else empty."""
+    ndir, batch, L, E = x.shape
+    out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
+    ckpt = torch.empty((ndir, batch, _checkpoints(L, save), A.shape[-1], E), dtype=torch.float32, device=x.device)
+    y = torch.empty_like(out) if save and z is not None else out.new_empty(0)
+    return out, ckpt, y
+
+
+def _scan_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+                  dt_bias: Optional[Tensor], softplus: bool, reverse: bool, save: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Scan over a leading direction axis: x, dt (ndir, batch, L, E) etc. -> (out, checkpoints, y before the
+    gate); with ``save`` (autograd will call the backward) the launches also store what the backward reads."""
+    x, dt, B, C, z = (unit_last_stride(t) for t in (x, dt, B, C, z))
+    A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
+    ndir, batch, L, E = x.shape
+    N = A.shape[-1]
+    cfg = SCAN_CONFIG
+    block_e, (seg_len, n_seg), _, _ = launch_config(batch, L, E, x.device, cfg)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    out, ckpt, y = _scan_outputs(x, A, z, save)
+    n_ckpt = ckpt.shape[2]
+    segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
+    segh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
+    for mode, d_first, d_last in _passes(ndir, n_seg):
+        _scan_fwd_kernel[(cdiv(E, block_e), batch, n_seg)](
+            x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
+            out, ckpt if n_ckpt else _unused(x.device), y if y.numel() else out, segsum, segh, batch, L, E, N,
+            n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z),
+            NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
+            HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
+            WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
+            STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
+    return out, ckpt, y
+
+
+def _scan_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                   z: Optional[Tensor], dt_bias: Optional[Tensor], ckpt: Tensor, y: Tensor, softplus: bool,
+                   reverse: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of every input of :func:`_scan_forward` (empty for an absent D, z, dt_bias) from the gradient of
+    out and the checkpoints and y the forward stored."""
+    x, dt, B, C, z, dout = (unit_last_stride(t) for t in (x, dt, B, C, z, dout))
+    A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
+    ndir, batch, L, E = x.shape
+    N = A.shape[-1]
+    n_ckpt = ckpt.shape[2]
+    cfg = SCAN_CONFIG
+    block_e_fwd, _, block_e, (seg_len, n_seg) = launch_config(batch, L, E, x.device, cfg)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    dx, ddt, dz = grads_like(x, x, dt, z)
+    # The accumulated gradients, fp32 and zeroed, each its own buffer: a custom op's outputs may not share one.
+    dA, dD, dbias, dB, dC = (torch.zeros(shape, **f32) for shape in (A.shape, (ndir, E), (ndir, E), B.shape, C.shape))
+    grid = (cdiv(E, block_e), batch, n_seg)
+    BLOCK_N = next_power_of_2(N)
+    scratch = torch.empty(grid[0] * batch * n_seg * cfg['CKPT_TILES'] * BLOCK_N * block_e, **f32)
+    segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
+    segdh = torch.empty((ndir, batch, n_seg, E, N), **f32) if n_seg > 1 else _unused(x.device)
+    stages = _stages(cfg, n_seg, backward=True)
+    for mode, d_first, d_last in _passes(ndir, n_seg):
+        if mode == 1:                                        # the dh summaries, in the forward's channel blocks
+            _dh_summary_kernel[(cdiv(E, block_e_fwd), batch, n_seg)](
+                dt, A, C, x if z is None else z, x if dt_bias is None else dt_bias, dout, segsum, segdh,
+                batch, L, E, N, seg_len, n_seg, *dt.stride()[:3], *C.stride()[:3], *_z_strides(z),
+                *dout.stride()[:2], NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None,
+                HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e_fwd,
+                BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
+        else:
+            _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-                out, ckpt, out if y is None else y, segsum, segh, batch, L, E, N, n_ckpt, seg_len, n_seg,
-                *_strides(x, dt, B, C, z),
-                NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
-                HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
-                WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
-                STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt, y)
-        ctx.flags = (softplus, reverse, cfg, n_ckpt, block_e, bwd_launch)
-        return out
+                dout, ckpt if n_ckpt else _unused(x.device), dout if z is None else y, scratch, segsum, segdh,
+                dx, ddt, dA, dB, dC, dD, dx if dz.numel() == 0 else dz, dbias,
+                batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
+                NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=mode == 2, REVERSE=reverse,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+                BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
+                num_warps=cfg['num_warps'])
+    return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), x.new_empty(0) if D is None else dD.to(D.dtype),
+            dz, x.new_empty(0) if dt_bias is None else dbias.to(dt_bias.dtype))
 
-    @staticmethod
-    def backward(ctx, dout):
-        x, dt, A, B, C, D, z, dt_bias, ckpt, y = ctx.saved_tensors
-        softplus, reverse, cfg, n_ckpt, block_e_fwd, (block_e, (seg_len, n_seg)) = ctx.flags
-        dout = unit_last_stride(dout)
-        ndir, batch, L, E = x.shape
-        N = A.shape[-1]
-        f32 = dict(dtype=torch.float32, device=x.device)
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        ddt = torch.empty(dt.shape, dtype=dt.dtype, device=x.device)
-        dz = torch.empty(z.shape, dtype=z.dtype, device=x.device) if z is not None else None
-        # The accumulated gradients, fp32 and zeroed: one buffer, one fill.
-        shapes = (A.shape, (ndir, E), (ndir, E), B.shape, C.shape)
-        sums = torch.zeros(sum(math.prod(shape) for shape in shapes), **f32)
-        dA, dD, dbias, dB, dC = (part.view(shape) for part, shape in
-                                 zip(sums.split([math.prod(shape) for shape in shapes]), shapes))
-        grid = (cdiv(E, block_e), batch, n_seg)
-        BLOCK_N = next_power_of_2(N)
-        scratch = torch.empty(grid[0] * batch * n_seg * cfg['CKPT_TILES'] * BLOCK_N * block_e, **f32)
-        segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
-        segdh = torch.empty((ndir, batch, n_seg, E, N), **f32) if n_seg > 1 else _unused(x.device)
-        stages = _stages(cfg, n_seg, backward=True)
-        for mode, d_first, d_last in _passes(ndir, n_seg):
-            if mode == 1:                                    # the dh summaries, in the forward's channel blocks
-                _dh_summary_kernel[(cdiv(E, block_e_fwd), batch, n_seg)](
-                    dt, A, C, x if z is None else z, x if dt_bias is None else dt_bias, dout, segsum, segdh,
-                    batch, L, E, N, seg_len, n_seg, *dt.stride()[:3], *C.stride()[:3], *_z_strides(z),
-                    *dout.stride()[:2], NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None,
-                    HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e_fwd,
-                    BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
-            else:
-                _scan_bwd_kernel[grid](
-                    x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
-                    dout, ckpt, dout if y is None else y, scratch, segsum, segdh, dx, ddt, dA, dB, dC, dD,
-                    dx if dz is None else dz, dbias,
-                    batch, L, E, N, n_ckpt, seg_len, n_seg, *_strides(x, dt, B, C, z), *dout.stride()[:2],
-                    NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=mode == 2, REVERSE=reverse,
-                    HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-                    BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
-                    num_warps=cfg['num_warps'])
-        return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
-                dz, None if dt_bias is None else dbias.to(dt_bias.dtype), None, None)
+
+# The scan as PyTorch custom ops, forward and backward each opaque to torch.compile and torch.export; their fake
+# implementations allocate through the same helpers as the launches, so shapes, dtypes and strides agree.
+scan_op = torch.library.custom_op('vim::scan', _scan_forward, mutates_args=())
+scan_op.register_fake(lambda x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save: _scan_outputs(x, A, z, save))
+scan_backward_op = torch.library.custom_op('vim::scan_backward', _scan_backward, mutates_args=())
+scan_backward_op.register_fake(
+    lambda dout, x, dt, A, B, C, D, z, dt_bias, *flags: grads_like(x, x, dt, A, B, C, D, z, dt_bias))
+
+
+def _setup_scan(ctx, inputs, output):
+    x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save = inputs
+    if not save:
+        raise RuntimeError('vim::scan: called with save=False on inputs that need gradients; the backward needs '
+                           'the checkpoints that save=True stores')
+    _, ckpt, y = output
+    ctx.mark_non_differentiable(ckpt, y)
+    ctx.set_materialize_grads(False)                         # no zero-filled gradients of ckpt and y
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, ckpt, y)
+    ctx.flags = softplus, reverse
+
+
+def _scan_vjp(ctx, dout, _dckpt, _dy):
+    if dout is None:
+        return (None,) * 11
+    x, dt, A, B, C, D, z, dt_bias, ckpt, y = saved = ctx.saved_tensors
+    grads = scan_backward_op(dout, *saved, *ctx.flags)
+    return (*(None if t is None else g for t, g in zip((x, dt, A, B, C, D, z, dt_bias), grads)), None, None, None)
+
+
+scan_op.register_autograd(_scan_vjp, setup_context=_setup_scan)
+
+
+def _scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse):
+    save = needs_grad(x, dt, A, B, C, D, z, dt_bias)
+    run = scan_op if save or traced(x) else _scan_forward
+    return run(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save)[0]
 
 
 def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, reverse=False):
@@ -707,8 +756,8 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Tru
                                      ('dt_bias', dt_bias, (E,), True)):
         check(op, name, t, shape, x.device, optional)
     unsq = (lambda t: None if t is None else t.unsqueeze(0))
-    return SelectiveScanFn.apply(*(t.unsqueeze(0) for t in (x, dt, A, B, C)), unsq(D), z, unsq(dt_bias),
-                                 bool(dt_softplus), bool(reverse))
+    return _scan(*(t.unsqueeze(0) for t in (x, dt, A, B, C)), unsq(D), z, unsq(dt_bias), bool(dt_softplus),
+                 bool(reverse))
 
 
 def bidirectional_scan(x, dt, A, B, C, D, z, dt_bias):
@@ -720,4 +769,4 @@ def bidirectional_scan(x, dt, A, B, C, D, z, dt_bias):
                            ('C', C, (2, batch, L, N)), ('D', D, (2, E)), ('z', z, (batch, L, E)),
                            ('dt_bias', dt_bias, (2, E))):
         check(op, name, t, shape, x.device)
-    return SelectiveScanFn.apply(x, dt, A, B, C, D, z, dt_bias, True, False)
+    return _scan(x, dt, A, B, C, D, z, dt_bias, True, False)

@@ -58,12 +58,12 @@ def test_ops_take_a_backend_argument():
 def test_a_triton_too_old_is_named_and_the_fallback_said_once(monkeypatch):
     import sys
     import types
-    dispatch.triton_import_error.cache_clear()
+    dispatch._triton_import_error.cache_clear()
     monkeypatch.setitem(sys.modules, 'triton', types.SimpleNamespace(__version__='2.3.1'))
     try:
         reason = dispatch.triton_import_error()
     finally:
-        dispatch.triton_import_error.cache_clear()
+        dispatch._triton_import_error.cache_clear()
     assert reason == 'Triton 2.3.1 is older than 3.0, the oldest the kernels run on'
     monkeypatch.setattr(dispatch, '_warned_fallback', False)
     with pytest.warns(RuntimeWarning, match=r'Triton 2\.3\.1 is older .* CUDA tensors take the PyTorch reference'):

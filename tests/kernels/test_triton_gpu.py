@@ -1,9 +1,10 @@
-"""The kernel cases on a CUDA GPU, larger shapes, plus a 65,536-step sequence:
+"""The kernel and compile cases on a CUDA GPU, larger shapes, plus a 65,536-step sequence:
 ``python -m pytest -m gpu tests/kernels``."""
 import pytest
 import torch
 
-from kernel_cases import *  # noqa: F401,F403  (the cases, collected here with the gpu mark)
+from compile_cases import *  # noqa: F401,F403  (the cases, collected here with the gpu mark)
+from kernel_cases import *  # noqa: F401,F403
 from kernel_cases import assert_close, compare, scan_leaves, split_scan
 from vim.kernels import reference, triton_ops
 

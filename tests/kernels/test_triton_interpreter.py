@@ -13,11 +13,12 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-def test_kernel_cases_under_triton_interpreter():
+@pytest.mark.parametrize('cases', ['kernel_cases.py', 'compile_cases.py'])
+def test_cases_under_triton_interpreter(cases):
     pytest.importorskip('triton')
     env = dict(os.environ, TRITON_INTERPRET='1')
     proc = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', 'not gpu',
-         str(HERE / 'kernel_cases.py')],
+         str(HERE / cases)],
         cwd=HERE.parent.parent, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f'interpreter run failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}'

@@ -1,4 +1,5 @@
-"""Released hustvl/Vim checkpoints: unwrap, adapt to a model, convert to safetensors.
+"""Released hustvl/Vim checkpoints: read, convert to safetensors. Unwrapping and adapting one to a model
+(:func:`unwrap_state_dict`, :func:`checkpoint_filter_fn`) live in the model file, as in timm.
 
 A released file is a training envelope ``{'model', 'model_ema', 'optimizer', 'lr_scheduler', 'epoch',
 'scaler', 'args'}`` whose weights carry the parameter names of hustvl/Vim's ``models_mamba.py`` (the
@@ -7,72 +8,18 @@ hands us the whole envelope, so :func:`unwrap_state_dict` picks the same entry t
 """
 import argparse
 import json
-import math
 import os
 import tempfile
 from typing import Any, Dict, Optional
 
 import torch
-from timm.layers import resample_patch_embed
+
+from .vision_mamba import checkpoint_filter_fn, unwrap_state_dict
 
 # The released envelopes pickle an argparse.Namespace under 'args'. A Namespace is a plain attribute
 # bag, safe for weights_only loads: recent timm allows it in its own loaders; registering it here serves
 # older timm (recent timm's safe_globals context removes it again on exit, so our loader adds it itself).
 torch.serialization.add_safe_globals([argparse.Namespace])
-
-# A state dict is Vim's if it holds these (layer 0 of a bimamba-v2 model).
-_SIGNATURE_KEYS = ('patch_embed.proj.weight', 'pos_embed', 'norm_f.weight', 'layers.0.mixer.A_b_log')
-
-
-def unwrap_state_dict(checkpoint: Dict[str, Any], use_ema: bool = True) -> Dict[str, torch.Tensor]:
-    """The weights inside a checkpoint, chosen as timm's ``load_state_dict`` chooses them
-    (state_dict_ema, then model_ema, then state_dict, then model), with DDP 'module.' prefixes removed."""
-    if not isinstance(checkpoint, dict):
-        raise TypeError(f'Expected a checkpoint dict, got {type(checkpoint).__name__}.')
-    for key, wanted in (('state_dict_ema', use_ema), ('model_ema', use_ema), ('state_dict', True), ('model', True)):
-        if wanted and isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
-
-
-def _square_grid(num_patches: int) -> tuple:
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(
-            f'Cannot infer the patch grid of a position embedding with {num_patches} patch entries: '
-            f'it is not square.')
-    return side, side
-
-
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model) -> Dict[str, torch.Tensor]:
-    """Adapt a released (or our own) Vim state dict to ``model``: unwrap the envelope, resample the
-    position embedding (keeping the middle class entry) and the patch kernel where sizes differ.
-    Channel and class-count changes are left to timm's loader (first_conv / classifier in the cfg)."""
-    state_dict = unwrap_state_dict(state_dict)
-    missing = [k for k in _SIGNATURE_KEYS if k not in state_dict]
-    if missing:
-        raise KeyError(
-            f'Not a Vision Mamba (bimamba v2) checkpoint: missing {missing}. '
-            f'Its first keys are {list(state_dict)[:5]}.')
-    from .vision_mamba import resample_pos_embed  # the model module imports this one
-
-    pos_embed = state_dict['pos_embed']
-    prefix = 1 if 'cls_token' in state_dict else 0
-    if prefix != model.num_prefix_tokens:
-        raise ValueError(
-            f'Checkpoint has {prefix} class token(s), the model {model.num_prefix_tokens}: '
-            f'create the model with class_token={bool(prefix)}.')
-    new_grid = model.patch_embed.grid_size
-    if pos_embed.shape[1] != model.pos_embed.shape[1]:
-        old_grid = _square_grid(pos_embed.shape[1] - prefix)
-        state_dict['pos_embed'] = resample_pos_embed(pos_embed, new_grid, old_grid, prefix)
-
-    kernel = state_dict['patch_embed.proj.weight']
-    if kernel.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
-        state_dict['patch_embed.proj.weight'] = resample_patch_embed(
-            kernel, list(model.patch_embed.patch_size), verbose=False)
-    return state_dict
 
 
 class CheckpointError(RuntimeError):

@@ -16,6 +16,20 @@ from released_vim import released_forward
 SMALL = dict(embed_dim=32, depth=2)
 
 
+def test_the_filter_lives_in_the_model_file():
+    """As in timm: the model file holds its checkpoint filter, so it needs nothing from vim.checkpoint."""
+    import ast
+    import inspect
+
+    import vim.checkpoint
+    import vim.vision_mamba
+    assert vim.checkpoint.checkpoint_filter_fn is vim.vision_mamba.checkpoint_filter_fn is vim.checkpoint_filter_fn
+    assert vim.checkpoint.unwrap_state_dict is vim.vision_mamba.unwrap_state_dict
+    tree = ast.parse(inspect.getsource(vim.vision_mamba))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert 'checkpoint' not in imported and '.checkpoint' not in imported
+
+
 def random_released_state_dict(model_name='vim_tiny_patch16_224', img_size=64, num_classes=10, seed=0, **kw):
     """A state dict with the released parameter names and random values everywhere (A, D, norms too)."""
     model = timm.create_model(model_name, img_size=img_size, num_classes=num_classes, **SMALL, **kw)

@@ -36,6 +36,23 @@ def test_released_sizes(name, width, params, tokens):
 def test_unknown_argument_raises_type_error():
     with pytest.raises(TypeError):
         timm.create_model('vim_tiny_patch16_224', not_an_argument=1)
+    with pytest.raises(TypeError, match='mixer_args'):
+        timm.create_model('vim_tiny_patch16_224', mixer_args={'d_state': 8})
+
+
+def test_mixer_hyperparameters_reach_every_block():
+    model = small(d_state=8, d_conv=3, expand=1, dt_rank=5)
+    for block in model.layers:
+        mixer = block.mixer
+        assert mixer.A_log.shape == mixer.A_b_log.shape == (32, 8)
+        assert mixer.conv1d.weight.shape == (32, 1, 3) and mixer.d_inner == 32
+        assert mixer.x_proj.weight.shape == (5 + 2 * 8, 32) and mixer.dt_proj_b.weight.shape == (32, 5)
+    x = torch.randn(2, 3, 224, 224)
+    assert model(x).shape == (2, 1000)
+    block = vim.layers.Block(16, d_state=4, expand=3)
+    assert block.mixer.A_log.shape == (48, 4) and block.mixer.dt_rank == 1
+    with pytest.raises(TypeError):
+        vim.layers.Block(16, mixer_args={'d_state': 4})
 
 
 def test_forward_features_head_and_pooling():

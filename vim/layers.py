@@ -246,7 +246,8 @@ class BiMambaMixer(nn.Module):
 
 class Block(nn.Module):
     """Add -> RMSNorm -> mixer. Takes and returns (hidden, residual); the residual is the running sum of
-    every earlier output (float32), ``hidden`` the last mixer output, stochastic depth on ``hidden``."""
+    every earlier output (float32), ``hidden`` the last mixer output, stochastic depth on ``hidden``.
+    ``d_state``, ``d_conv``, ``expand`` and ``dt_rank`` are the :class:`BiMambaMixer`'s."""
 
     def __init__(
             self,
@@ -254,13 +255,16 @@ class Block(nn.Module):
             drop_path: float = 0.0,
             norm_eps: float = 1e-5,
             residual_in_fp32: bool = True,
-            mixer_args: Optional[dict] = None,
+            d_state: int = 16,
+            d_conv: int = 4,
+            expand: int = 2,
+            dt_rank: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         super().__init__()
         self.norm = RMSNorm(dim, norm_eps, residual_in_fp32, device=device, dtype=dtype)
-        self.mixer = BiMambaMixer(dim, **(mixer_args or {}), device=device, dtype=dtype)
+        self.mixer = BiMambaMixer(dim, d_state, d_conv, expand, dt_rank, device=device, dtype=dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(

@@ -5,20 +5,22 @@ Data path: patch embed -> + pos_embed -> class token inserted in the middle of t
 depth x Block (add -> RMSNorm -> bidirectional Mamba) -> add -> final RMSNorm -> pool (class token or
 mean over patches) -> head. Parameter names follow hustvl/Vim, so released checkpoints load unchanged.
 """
-from typing import Dict, List, Optional, Set, Tuple, Union
+import math
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, resample_abs_pos_embed, resample_patch_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from .checkpoint import checkpoint_filter_fn, pretrained_checkpoint
 from .layers import Block, PatchEmbed, ResidualSum, RMSNorm
+from .loading import pretrained_checkpoint
 
-__all__ = ['VisionMamba', 'insert_middle_token', 'remove_middle_token', 'resample_pos_embed']
+__all__ = ['VisionMamba', 'checkpoint_filter_fn', 'insert_middle_token', 'remove_middle_token', 'resample_pos_embed',
+           'unwrap_state_dict']
 
 
 def insert_middle_token(patches: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,10 @@ class VisionMamba(nn.Module):
             stride: patch stride; defaults to ``patch_size`` (8 for the "finer granularity" models).
             global_pool: 'token' (the middle class token, as released), 'avg' (mean over patch tokens),
                 or '' (no pooling: the head sees every token).
+            d_state: SSM state size per channel (Mamba's N).
+            d_conv: kernel width of the mixer's causal depthwise conv.
+            expand: the mixer's inner width as a multiple of ``embed_dim``.
+            dt_rank: rank of the dt projection; None is ``ceil(embed_dim / 16)``.
             dynamic_img_size: accept any image size >= the patch, resampling the position embedding.
             dynamic_img_pad: pad images at the bottom/right to the stride grid.
         """
@@ -122,9 +128,10 @@ class VisionMamba(nn.Module):
         # Vim drops each block's *input* hidden state: block i gets the rate of block i-1, block 0 none,
         # and the final add gets the full rate.
         rates = [0.0] + [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        mixer_args = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank)
         self.layers = nn.ModuleList([
-            Block(embed_dim, rates[i], norm_eps, residual_in_fp32, mixer_args, **dd) for i in range(depth)])
+            Block(embed_dim, rates[i], norm_eps, residual_in_fp32, d_state=d_state, d_conv=d_conv, expand=expand,
+                  dt_rank=dt_rank, **dd)
+            for i in range(depth)])
         self.feature_info = [
             dict(module=f'layers.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
@@ -294,6 +301,61 @@ class VisionMamba(nn.Module):
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
+
+
+# ----- released checkpoints -----
+# A state dict is Vim's if it holds these (layer 0 of a bimamba-v2 model).
+_SIGNATURE_KEYS = ('patch_embed.proj.weight', 'pos_embed', 'norm_f.weight', 'layers.0.mixer.A_b_log')
+
+
+def unwrap_state_dict(checkpoint: Dict[str, Any], use_ema: bool = True) -> Dict[str, torch.Tensor]:
+    """The weights inside a checkpoint, chosen as timm's ``load_state_dict`` chooses them
+    (state_dict_ema, then model_ema, then state_dict, then model), with DDP 'module.' prefixes removed."""
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'Expected a checkpoint dict, got {type(checkpoint).__name__}.')
+    for key, wanted in (('state_dict_ema', use_ema), ('model_ema', use_ema), ('state_dict', True), ('model', True)):
+        if wanted and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
+
+
+def _square_grid(num_patches: int) -> tuple:
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(
+            f'Cannot infer the patch grid of a position embedding with {num_patches} patch entries: '
+            f'it is not square.')
+    return side, side
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model) -> Dict[str, torch.Tensor]:
+    """Adapt a released (or our own) Vim state dict to ``model``: unwrap the envelope, resample the
+    position embedding (keeping the middle class entry) and the patch kernel where sizes differ.
+    Channel and class-count changes are left to timm's loader (first_conv / classifier in the cfg)."""
+    state_dict = unwrap_state_dict(state_dict)
+    missing = [k for k in _SIGNATURE_KEYS if k not in state_dict]
+    if missing:
+        raise KeyError(
+            f'Not a Vision Mamba (bimamba v2) checkpoint: missing {missing}. '
+            f'Its first keys are {list(state_dict)[:5]}.')
+    pos_embed = state_dict['pos_embed']
+    prefix = 1 if 'cls_token' in state_dict else 0
+    if prefix != model.num_prefix_tokens:
+        raise ValueError(
+            f'Checkpoint has {prefix} class token(s), the model {model.num_prefix_tokens}: '
+            f'create the model with class_token={bool(prefix)}.')
+    new_grid = model.patch_embed.grid_size
+    if pos_embed.shape[1] != model.pos_embed.shape[1]:
+        old_grid = _square_grid(pos_embed.shape[1] - prefix)
+        state_dict['pos_embed'] = resample_pos_embed(pos_embed, new_grid, old_grid, prefix)
+
+    kernel = state_dict['patch_embed.proj.weight']
+    if kernel.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
+        state_dict['patch_embed.proj.weight'] = resample_patch_embed(
+            kernel, list(model.patch_embed.patch_size), verbose=False)
+    return state_dict
+
 
 
 # ----- registration -----

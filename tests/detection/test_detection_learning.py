@@ -41,4 +41,4 @@ def test_faster_rcnn_learns_to_find_generated_shapes(tmp_path, one_thread):
         f"class-agnostic AP@0.5 {metrics['agnostic_map']:.3f} < {MIN_AGNOSTIC_AP}: {metrics}"
     assert metrics['map'] >= MIN_MAP, f"mAP@0.5 {metrics['map']:.3f} < {MIN_MAP}: {metrics}"
     with Image.open(out) as image:
-        assert image.size[1] == 3 * 96  # drawn 3x enlarged
+        assert image.size[1] == 3 * 96 + 14  # drawn 3x enlarged, over the 14 px legend

@@ -18,10 +18,9 @@ import time
 
 import timm
 import torch
-import torch.nn.functional as F
 
 import vim  # noqa: F401  registers vim_*
-from model_throughput import batch_times, captured
+from model_throughput import batch_times, captured, train_step
 from report import emit, finish
 
 MODELS = ['vim_tiny_patch16_224', 'deit_tiny_patch16_224', 'vim_small_patch16_224', 'deit_small_patch16_224']
@@ -56,27 +55,13 @@ def inference(name, mode, repeats):
 
 def training(name, compiled, steps, batch=128):
     """img/s of training steps (forward, backward, fused AdamW) and the seconds of the first (compiling) step."""
-    model = timm.create_model(name, num_classes=1000).cuda().train()
-    fn = torch.compile(model, fullgraph=True) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    model = timm.create_model(name, num_classes=1000).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
-    labels = torch.randint(0, 1000, (batch,), device='cuda')
-
-    def step(_=None):
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            loss = F.cross_entropy(fn(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    first = timed_first_call(step, None)
-    for _ in range(2):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start), first
+    step = train_step(model, images, compiled=compiled)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        first = timed_first_call(step, images)
+        times = batch_times(step, images, steps)
+    return batch / statistics.median(times), first
 
 
 def main():

@@ -100,6 +100,9 @@ DEFAULTS: Dict[str, Any] = {
         'log_every': 50,             # steps between log lines / metric rows
         'progress': 'auto',          # auto (bar on a TTY) | bar | log
         'grad_checkpointing': False,
+        'compile': None,             # torch.compile backend: inductor (or true), aot_eager, ...; null = eager
+        'compile_mode': None,        # inductor's mode: default | max-autotune-no-cudagraphs | ...; null = default
+        'cuda_graph': False,         # replay forward+loss+backward as a CUDA graph (one GPU, fixed batch shape)
         'max_steps_per_epoch': None,  # cap (benchmarks, smoke runs)
         'plots': True,
     },
@@ -243,8 +246,28 @@ def validate(cfg: Dict[str, Any]) -> None:
         raise ConfigError(f"schedule.warmup_epochs must be >= 0; got {cfg['schedule']['warmup_epochs']!r}")
     if cfg['train']['best_metric'] == 'ema_top1' and not cfg['train']['ema']:
         raise ConfigError("train.best_metric=ema_top1 needs train.ema=true")
+    _validate_compile(cfg['train'])
     if cfg['model']['pretrained_file'] and not cfg['model']['pretrained']:
         raise ConfigError("model.pretrained_file is set but model.pretrained is false; set model.pretrained=true")
+
+
+def _validate_compile(tcfg: Dict[str, Any]) -> None:
+    backend = tcfg['compile']
+    if not (backend is None or isinstance(backend, (bool, str))):
+        raise ConfigError(f"train.compile must be a torch.compile backend name, true (inductor) or null; "
+                          f"got {backend!r}")
+    if tcfg['compile_mode'] is not None and backend in (None, False):
+        raise ConfigError("train.compile_mode is set but train.compile is off; set train.compile=inductor")
+    if not tcfg['cuda_graph']:
+        return
+    if tcfg['amp'] == 'fp16':
+        raise ConfigError("train.cuda_graph needs train.amp none or bf16, got fp16 (its loss scale changes between "
+                          "steps, which a recorded graph cannot follow)")
+    if tcfg['grad_checkpointing']:
+        raise ConfigError("train.cuda_graph cannot record a step with train.grad_checkpointing=true; turn one off")
+    if tcfg['compile_mode'] in ('reduce-overhead', 'max-autotune'):
+        raise ConfigError(f"train.compile_mode={tcfg['compile_mode']} records CUDA graphs itself; with "
+                          f"train.cuda_graph=true use the default mode or max-autotune-no-cudagraphs")
 
 
 def dump_config(cfg: Dict[str, Any], path: str) -> None:

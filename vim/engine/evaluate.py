@@ -22,10 +22,11 @@ logger = logging.getLogger('vim.train')
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-def autocast(device: torch.device, amp: str):
+def autocast(device: torch.device, amp: str, cache: bool = True):
+    """Autocast to ``amp``'s dtype (``none``: full precision); ``cache=False`` for a CUDA-graph recording."""
     if amp == 'none':
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp], cache_enabled=cache)
 
 
 @torch.no_grad()

@@ -22,14 +22,15 @@ from ..data import build_dataset, build_eval_loader, build_eval_transform, build
     build_train_transform, resolve_data_settings
 from ..data.loader import steps_per_epoch
 from . import distributed as du
-from .config import dump_config
-from .evaluate import autocast, evaluate
+from .config import ConfigError, dump_config
+from .evaluate import evaluate
 from .metrics import MetricsLog, Progress, close_logging, setup_logging
 from .model import build_model
 from .optim import build_optimizer, build_scheduler
 from .plots import write_plots
 from .state import (FORMAT, CheckpointError, capture_rng, check_compatible, load_checkpoint, load_model_state,
                     pick_rng, restore_rng, save_atomic)
+from .step import ForwardBackward
 
 __all__ = ['train', 'NonFiniteLossError']
 
@@ -164,12 +165,20 @@ class _Run:
         if tcfg['ema']:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(model, decay=float(tcfg['ema_decay']), use_warmup=bool(tcfg['ema_warmup']))
+        # compiled in place (state_dict keys unchanged), after the EMA copy, which stays eager
+        if tcfg['compile'] not in (None, False):
+            model.compile(backend='inductor' if tcfg['compile'] is True else tcfg['compile'], mode=tcfg['compile_mode'])
+        if tcfg['cuda_graph'] and (self.device.type != 'cuda' or info.world_size > 1):
+            raise ConfigError(f"train.cuda_graph needs one CUDA process; this run has {info.world_size} process(es) "
+                              f"on {self.device.type}")
         self.ddp = model
         if info.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.mixup = _build_mixup(cfg['aug'], self.num_classes)
         self.criterion = _Criterion(self.mixup is not None, float(cfg['aug']['label_smoothing']))
+        self.forward_backward = ForwardBackward(self.ddp, self.criterion, self.device, self.amp, self.scaler,
+                                                cuda_graph=bool(tcfg['cuda_graph']))
 
         # Everything that can fail before the first step (data, model, pretrained weights) has run: the run
         # directory is made only now.
@@ -260,11 +269,7 @@ class _Run:
                 images, targets = images[:-1], targets[:-1]
             images, targets = self.mixup(images, targets)
         self.scheduler.step_update(self.step)
-        with autocast(self.device, self.amp):
-            logits = self.ddp(images)
-        loss = self.criterion(logits, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        loss = self.forward_backward(images, targets)
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg['optim']['clip_grad']
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip) if clip else float('inf'))
@@ -277,7 +282,6 @@ class _Run:
                 raise NonFiniteLossError(msg + ": stopping (lower optim.lr, set optim.clip_grad, prefer amp=bf16 "
                                          "over fp16, or set train.nan_policy=skip to skip such steps)")
             logger.warning(msg + ': step skipped (train.nan_policy=skip)')
-            self.optimizer.zero_grad(set_to_none=True)
             self.accum['skipped_steps'] += 1
             return loss_value, False
         self.scaler.step(self.optimizer)

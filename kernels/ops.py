@@ -7,7 +7,8 @@ import torch
 from . import reference
 from .dispatch import implementation
 
-__all__ = ['selective_scan', 'bidirectional_scan', 'causal_conv1d', 'bidirectional_conv1d', 'add_rms_norm']
+__all__ = ['selective_scan', 'bidirectional_scan', 'causal_conv1d', 'bidirectional_conv1d', 'mixer_core',
+           'add_rms_norm']
 
 
 def selective_scan(
@@ -36,6 +37,15 @@ def bidirectional_conv1d(
         x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, backend: Optional[str] = None,
 ) -> torch.Tensor:
     return implementation(x, backend).bidirectional_conv1d(x, weight, bias)
+
+
+def mixer_core(
+        x: torch.Tensor, z: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
+        x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
+        dt_bias: torch.Tensor, backend: Optional[str] = None,
+) -> torch.Tensor:
+    return implementation(x, backend).mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D,
+                                                 dt_bias)
 
 
 def add_rms_norm(

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-__all__ = ['selective_scan', 'bidirectional_scan', 'causal_conv1d', 'bidirectional_conv1d', 'add_rms_norm']
+__all__ = ['selective_scan', 'bidirectional_scan', 'causal_conv1d', 'bidirectional_conv1d', 'mixer_core',
+           'add_rms_norm']
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -150,6 +151,33 @@ def bidirectional_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     conv, index 1 the anti-causal one (the backward branch in original order).
     """
     return torch.stack([causal_conv1d(x, weight[i], bias[i], silu=True, reverse=bool(i)) for i in range(2)])
+
+
+def mixer_core(
+        x: torch.Tensor,
+        z: torch.Tensor,
+        conv_weight: torch.Tensor,
+        conv_bias: torch.Tensor,
+        x_proj_weight: torch.Tensor,
+        dt_proj_weight: torch.Tensor,
+        A: torch.Tensor,
+        D: torch.Tensor,
+        dt_bias: torch.Tensor,
+) -> torch.Tensor:
+    """The core of a bimamba-v2 mixer, from in_proj's halves to what out_proj takes: both directions' conv + SiLU,
+    x_proj (-> dt_low, B, C), dt_proj and scan, gated by silu(z) and averaged.
+
+    Shapes: x, z (batch, L, E); conv_weight (2, E, W); conv_bias (2, E); x_proj_weight (2, E, R + 2N) and
+    dt_proj_weight (2, R, E), laid out for bmm; A (2, E, N); D, dt_bias (2, E). Returns (batch, L, E).
+    """
+    batch, length, E = x.shape
+    R, N = dt_proj_weight.shape[1], A.shape[-1]
+    u = bidirectional_conv1d(x, conv_weight, conv_bias)                 # (2, batch, L, E)
+    x_dbl = torch.bmm(u.reshape(2, batch * length, E), x_proj_weight)
+    dt, B, C = x_dbl.split([R, N, N], dim=-1)
+    dt = torch.bmm(dt, dt_proj_weight)
+    return bidirectional_scan(u, dt.view(2, batch, length, E), A, B.view(2, batch, length, N),
+                              C.view(2, batch, length, N), D, z, dt_bias)
 
 
 def add_rms_norm(

@@ -44,6 +44,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .triton_common import cdiv, check, grads_like, needs_grad, next_power_of_2, traced, unit_last_stride
+from .triton_conv1d import _pre_activation
 from .triton_math import LOG2E, sigmoid, softplus, to_f32
 
 BLOCK_T = 4                                                  # steps per tile: _rows splits a tile into 4 rows
@@ -69,10 +70,21 @@ def _stack(r0, r1, r2, r3):
 
 
 @triton.jit
-def _delta(dt_row, offs_t, mask, bias, SOFTPLUS: tl.constexpr):
-    """delta = softplus(u), u = dt + bias, on a tile; zero where masked. Returns (d delta / du, delta); the
-    forward drops the derivative."""
-    u = to_f32(tl.load(dt_row + offs_t, mask=mask, other=0.)) + bias
+def _delta(dt_row, t, mask, bias, L, sdt_t, wdt, R, SOFTPLUS: tl.constexpr, FUSED_DT: tl.constexpr):
+    """delta = softplus(u), u = dt + bias, at time indices t (T,) of a (T, BLOCK_E) tile; zero where masked.
+    Returns (d delta / du, delta); the forward drops the derivative. With FUSED_DT, dt_row points at the rows of
+    dt_low (R values a step, the low-rank half of x_proj's output) and dt = dt_low @ wdt, wdt the dt_proj weight
+    (BLOCK_R, BLOCK_E) zero-padded past R: a broadcast product summed over the short R axis, so the full-width
+    dt never goes through memory."""
+    if FUSED_DT:
+        BLOCK_R: tl.constexpr = wdt.shape[0]
+        offs_r = tl.arange(0, BLOCK_R)
+        low = to_f32(tl.load(dt_row + t[:, None] * sdt_t + offs_r[None, :],
+                             mask=((t >= 0) & (t < L))[:, None] & (offs_r < R)[None, :], other=0.))
+        dt = tl.sum(low[:, :, None] * wdt[None, :, :], 1)
+    else:
+        dt = to_f32(tl.load(dt_row + t[:, None] * sdt_t, mask=mask, other=0.))
+    u = dt + bias
     if SOFTPLUS:
         delta, ddelta_du = softplus(u)
     else:
@@ -93,17 +105,52 @@ def _in_place(v):
 
 
 @triton.jit
+def _load_x(x_row, t, mask, mask_e, L, flip, sx_t, conv_w_row, conv_b, W: tl.constexpr, FUSED_CONV: tl.constexpr):
+    """x at time indices t (4,), fp32, zero where masked. With FUSED_CONV, x_row points at the raw input of the
+    mixer's conv and x is conv + SiLU computed here from shifted loads of the raw rows (they hit cache): the
+    direction that scans backward (flip) convolves the reversed sequence, its taps reaching forward in time, as in
+    the conv kernels (conv_w_row: this direction's taps, conv_b its bias)."""
+    if FUSED_CONV:
+        T: tl.constexpr = t.shape[0]
+        BLOCK_E: tl.constexpr = conv_b.shape[0]
+        pre = _pre_activation(x_row, conv_w_row, conv_b, t, 1 - 2 * flip, mask_e, L, sx_t, W, T, BLOCK_E)
+        x = tl.where(mask, pre * sigmoid(pre), 0.)
+    else:
+        x = to_f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
+    return x
+
+
+@triton.jit
+def _fused_params(d, offs_e, mask_e, E, R, conv_w_ptr, conv_b_ptr, wdt_ptr, W: tl.constexpr,
+                  FUSED_CONV: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Direction d's weights for the fused inputs (see _load_x, _delta): the pointers to its conv taps
+    (conv weight (ndir, E, W)), its conv bias (BLOCK_E,) and the dt_proj weight (ndir, R, E) as a zero-padded
+    (BLOCK_R, BLOCK_E) tile, fp32; zeros where a switch is off."""
+    conv_b = tl.zeros(offs_e.shape, tl.float32)
+    if FUSED_CONV:
+        conv_b = tl.load(conv_b_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
+    offs_r = tl.arange(0, BLOCK_R)
+    wdt = tl.zeros((BLOCK_R, offs_e.shape[0]), tl.float32)
+    if FUSED_DT:
+        wdt = tl.load(wdt_ptr + (d * R + offs_r[:, None]) * E + offs_e[None, :],
+                      mask=(offs_r < R)[:, None] & mask_e[None, :], other=0.).to(tl.float32)
+    return conv_w_ptr + (d * E + offs_e) * W, conv_b, wdt
+
+
+@triton.jit
 def _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip, mask_e, offs_n, mask_n,
-          sx_t, sdt_t, sB_t, sC_t, SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr, DELTA_IN_PLACE: tl.constexpr):
+          sx_t, sdt_t, sB_t, sC_t, conv_w_row, conv_b, wdt, R, SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr,
+          DELTA_IN_PLACE: tl.constexpr, W: tl.constexpr, FUSED_CONV: tl.constexpr, FUSED_DT: tl.constexpr):
     """Load the tile of scan steps s0 .. s0+3 (those below s_end <= L; zeros past it): time indices t (4,),
     the mask (4, BLOCK_E), x, d delta / d dt and delta (4, BLOCK_E), B and C (4, BLOCK_N), all fp32 (B and C
-    widened in place if WIDEN_BC, delta computed in place if DELTA_IN_PLACE: see _in_place)."""
+    widened in place if WIDEN_BC, delta computed in place if DELTA_IN_PLACE: see _in_place). FUSED_CONV,
+    FUSED_DT: x and dt computed from the mixer's raw conv input and dt_low (_load_x, _delta)."""
     s = s0 + steps
     t = flip * (L - 1) + (1 - 2 * flip) * s                  # time index of each step
     mask_s = s < s_end
     mask = mask_s[:, None] & mask_e[None, :]
-    x = to_f32(tl.load(x_row + t[:, None] * sx_t, mask=mask, other=0.))
-    ddelta_du, delta = _delta(dt_row, t[:, None] * sdt_t, mask, bias[None, :], SOFTPLUS)
+    x = _load_x(x_row, t, mask, mask_e, L, flip, sx_t, conv_w_row, conv_b, W, FUSED_CONV)
+    ddelta_du, delta = _delta(dt_row, t, mask, bias[None, :], L, sdt_t, wdt, R, SOFTPLUS, FUSED_DT)
     mask_bc = mask_s[:, None] & mask_n[None, :]
     Bt = to_f32(tl.load(B_row + t[:, None] * sB_t + offs_n[None, :], mask=mask_bc, other=0.))
     Ct = to_f32(tl.load(C_row + t[:, None] * sC_t + offs_n[None, :], mask=mask_bc, other=0.))
@@ -184,10 +231,10 @@ def _states_in_thread(ptrs, mask_e, stride_n, N, BLOCK_N: tl.constexpr):
 def _direction(d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
                bias_ptr, sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b,
                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
-               STATES_IN_THREAD: tl.constexpr):
+               STATES_IN_THREAD: tl.constexpr, FUSED_DT: tl.constexpr):
     """Direction d's parameters, A as (BLOCK_N, BLOCK_E), D and dt_bias (zeros when absent), fp32, and the
-    pointers to its rows of x, dt (at this program's channels), B and C. A's layout sets the state's: all N
-    states in one thread (STATES_IN_THREAD) or as loaded."""
+    pointers to its rows of x, dt (at this program's channels; dt_low's whole rows with FUSED_DT), B and C. A's
+    layout sets the state's: all N states in one thread (STATES_IN_THREAD) or as loaded."""
     if STATES_IN_THREAD:
         A = _states_in_thread(A_ptr + d * E * N + offs_e * N, mask_e, 1, N, BLOCK_N)
     else:
@@ -198,8 +245,11 @@ def _direction(d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A
     bias = tl.zeros((BLOCK_E,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
-    return (A, Dv, bias, x_ptr + d * sx_d + pid_b * sx_b + offs_e[None, :], dt_ptr + d * sdt_d + pid_b * sdt_b
-            + offs_e[None, :], B_ptr + d * sB_d + pid_b * sB_b, C_ptr + d * sC_d + pid_b * sC_b)
+    dt_row = dt_ptr + d * sdt_d + pid_b * sdt_b
+    if not FUSED_DT:
+        dt_row += offs_e[None, :]
+    return (A, Dv, bias, x_ptr + d * sx_d + pid_b * sx_b + offs_e[None, :], dt_row, B_ptr + d * sB_d + pid_b * sB_b,
+            C_ptr + d * sC_d + pid_b * sC_b)
 
 
 @triton.jit
@@ -207,10 +257,12 @@ def _scan_fwd_kernel(
         x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr, y_ptr, segsum_ptr, segh_ptr,
         batch, L, E, N, n_ckpt, seg_len, n_seg,
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t,
+        conv_w_ptr, conv_b_ptr, wdt_ptr, R,
         NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, MODE: tl.constexpr,
         REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, WIDEN_BC: tl.constexpr,
         BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
+        W: tl.constexpr, FUSED_CONV: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments). Program (i, b, j) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of
     # batch element b for scan steps [j*seg_len, (j+1)*seg_len) of directions D_FIRST .. D_LAST-1; the state
@@ -233,7 +285,9 @@ def _scan_fwd_kernel(
         flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, True)
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, True, FUSED_DT)
+        conv_w_row, conv_b, wdt = _fused_params(d, offs_e, mask_e, E, R, conv_w_ptr, conv_b_ptr, wdt_ptr, W,
+                                                FUSED_CONV, FUSED_DT, BLOCK_R)
         A2 = A * LOG2E
         seg_row = (d * batch + pid_b) * n_seg
         h = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
@@ -246,8 +300,9 @@ def _scan_fwd_kernel(
         for tile in tl.range(tl.cdiv(s_end - s_begin, 4), num_stages=STAGES):
             s0 = s_begin + tile * 4
             t, mask, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, s0, L, s_end, flip,
-                                                 mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, SOFTPLUS,
-                                                 WIDEN_BC, MODE == 1)
+                                                 mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t, conv_w_row,
+                                                 conv_b, wdt, R, SOFTPLUS, WIDEN_BC, MODE == 1, W, FUSED_CONV,
+                                                 FUSED_DT)
             h, y = _tile_y(h, A2, delta, x, Bt, Ct)
             if MODE == 1:
                 dsum += delta
@@ -344,10 +399,10 @@ def _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR:
 @triton.jit
 def _dh_summary_kernel(
         dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, segsum_ptr, segdh_ptr,
-        batch, L, E, N, seg_len, n_seg, sdt_d, sdt_b, sdt_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
+        batch, L, E, N, seg_len, n_seg, sdt_d, sdt_b, sdt_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t, wdt_ptr, R,
         NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
-        STAGES: tl.constexpr,
+        STAGES: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     # The segmented backward's first pass. Grid (cdiv(E, BLOCK_E), batch, segments), segments as the backward's
     # replay (_scan_bwd_kernel with SEGMENTED). Program (i, b, j), for each direction: from dh = 0 after segment
@@ -364,22 +419,26 @@ def _dh_summary_kernel(
     n_tiles = tl.cdiv(s_end - s_begin, 4)
     for d in tl.static_range(NDIR):
         flip = (d + REVERSE) % 2
-        # x and B are not read here: their rows alias dt's and C's, and the compiler drops their loads
+        # x and B are not read here: x's row is A's first (stride 0, in bounds), B's aliases C's, and the compiler
+        # drops their loads
         A, _D, bias, _x_row, dt_row, _B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, dt_ptr, dt_ptr, A_ptr, C_ptr, C_ptr, A_ptr, bias_ptr,
-            sdt_d, sdt_b, sdt_d, sdt_b, sC_d, sC_b, sC_d, sC_b, False, HAS_BIAS, BLOCK_E, BLOCK_N, True)
+            sdt_d, sdt_b, sdt_d, sdt_b, sC_d, sC_b, sC_d, sC_b, False, HAS_BIAS, BLOCK_E, BLOCK_N, True, FUSED_DT)
+        x_stub = A_ptr + offs_e[None, :]
+        _w, _b, wdt = _fused_params(d, offs_e, mask_e, E, R, A_ptr, A_ptr, wdt_ptr, 1, False, FUSED_DT, BLOCK_R)
         A2 = A * LOG2E
         seg_row = (d * batch + pid_b) * n_seg
-        t_end = flip * (L - 1) + (1 - 2 * flip) * s_end
-        delta_end = _delta(dt_row, t_end * sdt_t, mask_e[None, :] & (s_end < L), bias[None, :], SOFTPLUS)[1]
+        t_end = flip * (L - 1) + (1 - 2 * flip) * (s_end + tl.zeros((1,), tl.int32))
+        delta_end = _delta(dt_row, t_end, mask_e[None, :] & (s_end < L), bias[None, :], L, sdt_t, wdt, R, SOFTPLUS,
+                           FUSED_DT)[1]
         dsum = tl.where(steps[:, None] == 0, delta_end, 0.)    # per row; summed once at the end
         dh = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         a_after = dh                                           # the decay of the step after (dh is 0 there)
         for tile in tl.range(n_tiles, num_stages=STAGES):
             s0 = s_begin + (n_tiles - 1 - tile) * 4            # tiles last to first
-            t, mask, _, _, delta, _, Ct = _tile(dt_row, dt_row, C_row, C_row, bias, steps, s0, L, s_end, flip,
-                                                mask_e, offs_n, mask_n, sdt_t, sdt_t, sC_t, sC_t, SOFTPLUS,
-                                                WIDEN_BC, True)
+            t, mask, _, _, delta, _, Ct = _tile(x_stub, dt_row, C_row, C_row, bias, steps, s0, L, s_end, flip,
+                                                mask_e, offs_n, mask_n, 0, sdt_t, sC_t, sC_t, _w, _b, wdt, R,
+                                                SOFTPLUS, WIDEN_BC, True, 1, False, FUSED_DT)
             dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)[3]
             d0, d1, d2, d3 = _rows(delta)
             c0, c1, c2, c3 = _rows(Ct)
@@ -409,10 +468,12 @@ def _scan_bwd_kernel(
         segsum_ptr, segdh_ptr, dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
         batch, L, E, N, n_ckpt, seg_len, n_seg,
         sx_d, sx_b, sx_t, sdt_d, sdt_b, sdt_t, sB_d, sB_b, sB_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t,
+        conv_w_ptr, conv_b_ptr, wdt_ptr, R,
         NDIR: tl.constexpr, D_FIRST: tl.constexpr, D_LAST: tl.constexpr, SEGMENTED: tl.constexpr,
         REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
+        W: tl.constexpr, FUSED_CONV: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments), as the forward; a segment is a whole number of checkpoint
     # chunks. dx, ddt, dz are written (own rows only); dB, dC (summed over channels) and dA, dD, dbias (summed
@@ -436,7 +497,9 @@ def _scan_bwd_kernel(
         flip = (d + REVERSE) % 2
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, False)
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, False, FUSED_DT)
+        conv_w_row, conv_b, wdt = _fused_params(d, offs_e, mask_e, E, R, conv_w_ptr, conv_b_ptr, wdt_ptr, W,
+                                                FUSED_CONV, FUSED_DT, BLOCK_R)
         A2 = A * LOG2E
         dBC_row = (d * batch + pid_b) * L * N + offs_n[None, :]
         seg_row = (d * batch + pid_b) * n_seg
@@ -449,8 +512,9 @@ def _scan_bwd_kernel(
                                mask=mask_ne, other=0.)
                 dh = tl.exp2(A2 * dsum[None, :]) * dh + dh_i
         # a_next: the decay of the step after the current one in scan order (the next segment's first step).
-        t_end = flip * (L - 1) + (1 - 2 * flip) * s_end
-        delta_end = _delta(dt_row, t_end * sdt_t, mask_e[None, :] & (s_end < L), bias[None, :], SOFTPLUS)[1]
+        t_end = flip * (L - 1) + (1 - 2 * flip) * (s_end + tl.zeros((1,), tl.int32))
+        delta_end = _delta(dt_row, t_end, mask_e[None, :] & (s_end < L), bias[None, :], L, sdt_t, wdt, R, SOFTPLUS,
+                           FUSED_DT)[1]
         a_next = tl.exp2(delta_end * A2)
         dA_acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
         dD_acc = tl.zeros((4, BLOCK_E), tl.float32)          # per row of the tile: summed once at the end
@@ -469,7 +533,8 @@ def _scan_bwd_kernel(
             for j in tl.range(1, n_sub, num_stages=STAGES):
                 _, _, x, _, delta, Bt, Ct = _tile(x_row, dt_row, B_row, C_row, bias, steps, (tile0 + j - 1) * 4, L,
                                                   L, flip, mask_e, offs_n, mask_n, sx_t, sdt_t, sB_t, sC_t,
-                                                  SOFTPLUS, False, True)
+                                                  conv_w_row, conv_b, wdt, R, SOFTPLUS, False, True, W, FUSED_CONV,
+                                                  FUSED_DT)
                 h = _tile_y(h, A2, delta, x, Bt, Ct)[0]
                 tl.store(scratch + j * BLOCK_N * BLOCK_E, h)
             tl.debug_barrier()
@@ -479,7 +544,8 @@ def _scan_bwd_kernel(
                 s0 = (tile0 + j) * 4
                 t, mask, x, ddelta_du, delta, Bt, Ct = _tile(
                     x_row, dt_row, B_row, C_row, bias, steps, s0, L, L, flip, mask_e, offs_n, mask_n,
-                    sx_t, sdt_t, sB_t, sC_t, SOFTPLUS, False, True)
+                    sx_t, sdt_t, sB_t, sC_t, conv_w_row, conv_b, wdt, R, SOFTPLUS, False, True, W, FUSED_CONV,
+                    FUSED_DT)
                 do, zt, sig, dy = _dy(dout_ptr, z_ptr, pid_b, t, offs_e, mask, sdo_b, sdo_t, sz_b, sz_t, NDIR, HAS_Z)
                 if HAS_Z and d == NDIR - 1:                  # dz from the y the forward saved
                     y = to_f32(tl.load(y_ptr + row + t[:, None] * E, mask=mask, other=0.))
@@ -605,7 +671,22 @@ def _z_strides(z):
 
 
 def _strides(x, dt, B, C, z):
-    return (*x.stride()[:3], *dt.stride()[:3], *B.stride()[:3], *C.stride()[:3], *_z_strides(z))
+    x_strides = x.stride()[:3] if x.dim() == 4 else (0, *x.stride()[:2])   # fused: one raw x for all directions
+    return (*x_strides, *dt.stride()[:3], *B.stride()[:3], *C.stride()[:3], *_z_strides(z))
+
+
+def _fused_args(fused, device, conv=True):
+    """Kernel arguments of the fused inputs: ``fused`` is None (x and dt come computed) or (conv weight
+    (ndir, E, W), conv bias (ndir, E), dt_proj weight (ndir, R, E)), contiguous, any of them None to load that
+    input as it comes: x is then the conv's raw input (batch, L, E), dt the low-rank dt_low (ndir, batch, L, R)."""
+    conv_w, conv_b, w_dt = fused or (None, None, None)
+    unused = _unused(device)
+    args = dict(wdt_ptr=unused if w_dt is None else w_dt, R=1 if w_dt is None else w_dt.shape[1],
+                FUSED_DT=w_dt is not None, BLOCK_R=1 if w_dt is None else next_power_of_2(w_dt.shape[1]))
+    if conv:
+        args.update(conv_w_ptr=unused if conv_w is None else conv_w, conv_b_ptr=unused if conv_b is None else conv_b,
+                    W=1 if conv_w is None else conv_w.shape[-1], FUSED_CONV=conv_w is not None)
+    return args
 
 
 def _register_cap(cfg):
@@ -626,28 +707,29 @@ def _checkpoints(L, save):
     return cdiv(L, SCAN_CONFIG['CKPT_TILES'] * BLOCK_T) - 1 if save else 0
 
 
-def _scan_outputs(x, A, z, save):
+def _scan_outputs(x, dt, A, z, save):
     """The forward's outputs, allocated (real or fake alike): out (batch, L, E) in x's dtype; the checkpoints
-    (ndir, batch, n_ckpt, N, E) fp32; y before the gate, as out where the backward needs it, else empty."""
-    ndir, batch, L, E = x.shape
+    (ndir, batch, n_ckpt, N, E) fp32; y before the gate, as out where the backward needs it, else empty. The sizes
+    come from dt and A, since on the fused path x is the conv's raw input (batch, L, E)."""
+    ndir, batch, L = dt.shape[:3]
+    _, E, N = A.shape
     out = torch.empty((batch, L, E), dtype=x.dtype, device=x.device)
-    ckpt = torch.empty((ndir, batch, _checkpoints(L, save), A.shape[-1], E), dtype=torch.float32, device=x.device)
+    ckpt = torch.empty((ndir, batch, _checkpoints(L, save), N, E), dtype=torch.float32, device=x.device)
     y = torch.empty_like(out) if save and z is not None else out.new_empty(0)
     return out, ckpt, y
 
 
-def _scan_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-                  dt_bias: Optional[Tensor], softplus: bool, reverse: bool, save: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """Scan over a leading direction axis: x, dt (ndir, batch, L, E) etc. -> (out, checkpoints, y before the
-    gate); with ``save`` (autograd will call the backward) the launches also store what the backward reads."""
+def _launch_scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save, fused=None):
+    """The launches of :func:`_scan_forward`; ``fused`` (see :func:`_fused_args`) has the kernels compute x and
+    dt from the mixer's raw conv input and dt_low (:mod:`.triton_mixer`)."""
     x, dt, B, C, z = (unit_last_stride(t) for t in (x, dt, B, C, z))
     A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
-    ndir, batch, L, E = x.shape
-    N = A.shape[-1]
+    ndir, batch, L = dt.shape[:3]
+    _, E, N = A.shape
     cfg = SCAN_CONFIG
     block_e, (seg_len, n_seg), _, _ = launch_config(batch, L, E, x.device, cfg)
     f32 = dict(dtype=torch.float32, device=x.device)
-    out, ckpt, y = _scan_outputs(x, A, z, save)
+    out, ckpt, y = _scan_outputs(x, dt, A, z, save)
     n_ckpt = ckpt.shape[2]
     segsum = torch.empty((ndir, batch, n_seg, E), **f32) if n_seg > 1 else _unused(x.device)
     segh = torch.empty((ndir, batch, n_seg, N, E), **f32) if n_seg > 1 else _unused(x.device)
@@ -659,24 +741,24 @@ def _scan_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opt
             NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
             HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
             WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
-            STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
+            STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg),
+            **_fused_args(fused, x.device))
     return out, ckpt, y
 
 
-def _scan_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                   z: Optional[Tensor], dt_bias: Optional[Tensor], ckpt: Tensor, y: Tensor, softplus: bool,
-                   reverse: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of every input of :func:`_scan_forward` (empty for an absent D, z, dt_bias) from the gradient of
-    out and the checkpoints and y the forward stored."""
+def _launch_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias, ckpt, y, softplus, reverse, fused=None):
+    """The launches of :func:`_scan_backward`, ``fused`` as the forward had it. dx and ddt are (ndir, batch, L,
+    E) either way: on the fused path the gradients of the conv's output and of the full-width dt."""
     x, dt, B, C, z, dout = (unit_last_stride(t) for t in (x, dt, B, C, z, dout))
     A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
-    ndir, batch, L, E = x.shape
-    N = A.shape[-1]
+    ndir, batch, L = dt.shape[:3]
+    _, E, N = A.shape
     n_ckpt = ckpt.shape[2]
     cfg = SCAN_CONFIG
     block_e_fwd, _, block_e, (seg_len, n_seg) = launch_config(batch, L, E, x.device, cfg)
     f32 = dict(dtype=torch.float32, device=x.device)
-    dx, ddt, dz = grads_like(x, x, dt, z)
+    dx, ddt = (torch.empty((ndir, batch, L, E), dtype=t.dtype, device=x.device) for t in (x, dt))
+    dz, = grads_like(x, z)
     # The accumulated gradients, fp32 and zeroed, each its own buffer: a custom op's outputs may not share one.
     dA, dD, dbias, dB, dC = (torch.zeros(shape, **f32) for shape in (A.shape, (ndir, E), (ndir, E), B.shape, C.shape))
     grid = (cdiv(E, block_e), batch, n_seg)
@@ -692,7 +774,8 @@ def _scan_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
                 batch, L, E, N, seg_len, n_seg, *dt.stride()[:3], *C.stride()[:3], *_z_strides(z),
                 *dout.stride()[:2], NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None,
                 HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e_fwd,
-                BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg))
+                BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg),
+                **_fused_args(fused, x.device, conv=False))
         else:
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
@@ -702,15 +785,30 @@ def _scan_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=mode == 2, REVERSE=reverse,
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
                 BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
-                num_warps=cfg['num_warps'])
+                num_warps=cfg['num_warps'], **_fused_args(fused, x.device))
     return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), x.new_empty(0) if D is None else dD.to(D.dtype),
             dz, x.new_empty(0) if dt_bias is None else dbias.to(dt_bias.dtype))
+
+
+def _scan_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+                  dt_bias: Optional[Tensor], softplus: bool, reverse: bool, save: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Scan over a leading direction axis: x, dt (ndir, batch, L, E) etc. -> (out, checkpoints, y before the
+    gate); with ``save`` (autograd will call the backward) the launches also store what the backward reads."""
+    return _launch_scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save)
+
+
+def _scan_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                   z: Optional[Tensor], dt_bias: Optional[Tensor], ckpt: Tensor, y: Tensor, softplus: bool,
+                   reverse: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of every input of :func:`_scan_forward` (empty for an absent D, z, dt_bias) from the gradient of
+    out and the checkpoints and y the forward stored."""
+    return _launch_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias, ckpt, y, softplus, reverse)
 
 
 # The scan as PyTorch custom ops, forward and backward each opaque to torch.compile and torch.export; their fake
 # implementations allocate through the same helpers as the launches, so shapes, dtypes and strides agree.
 scan_op = torch.library.custom_op('vim::scan', _scan_forward, mutates_args=())
-scan_op.register_fake(lambda x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save: _scan_outputs(x, A, z, save))
+scan_op.register_fake(lambda x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save: _scan_outputs(x, dt, A, z, save))
 scan_backward_op = torch.library.custom_op('vim::scan_backward', _scan_backward, mutates_args=())
 scan_backward_op.register_fake(
     lambda dout, x, dt, A, B, C, D, z, dt_bias, *flags: grads_like(x, x, dt, A, B, C, D, z, dt_bias))

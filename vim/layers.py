@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 
-from .kernels import add_rms_norm, bidirectional_conv1d, bidirectional_scan
+from .kernels import add_rms_norm, mixer_core
 
 # Each mixer's stacked direction parameters while autograd is off (BiMambaMixer.direction_params). A weak map
 # rather than a module attribute: it never enters a state_dict, a pickle or a copy of the model.
@@ -65,7 +65,7 @@ def check_image(
 
 
 # Leaves for FX tracing: their input checks and backend dispatch are Python, not graph ops.
-for _fn in (add_rms_norm, bidirectional_conv1d, bidirectional_scan, check_image):
+for _fn in (add_rms_norm, mixer_core, check_image):
     torch.fx.wrap(_fn.__name__)
 
 
@@ -224,24 +224,10 @@ class BiMambaMixer(nn.Module):
         return stacked
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias = self.direction_params()
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                       # (batch, L, E) each
-        x = bidirectional_conv1d(x, conv_weight, conv_bias)       # (2, batch, L, E), SiLU applied
-        x_dbl = torch.bmm(x.reshape(2, batch * length, self.d_inner), x_proj_weight)
-        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = torch.bmm(dt, dt_proj_weight)
-        y = bidirectional_scan(
-            x,
-            dt.view(2, batch, length, self.d_inner),
-            A,
-            B.view(2, batch, length, self.d_state),
-            C.view(2, batch, length, self.d_state),
-            D,
-            z,
-            dt_bias,
-        )
-        return self.out_proj(y)
+        # conv1d + SiLU -> x_proj -> dt_proj -> scan, gated and averaged: on the Triton backend one fused op that
+        # keeps neither the conv output nor dt for the backward (vim.kernels.triton_mixer)
+        return self.out_proj(mixer_core(x, z, *self.direction_params()))
 
 
 class Block(nn.Module):

@@ -1,0 +1,138 @@
+"""Triton mixer core of a bimamba-v2 block: conv1d + SiLU -> x_proj -> dt_proj -> bidirectional scan -> gate.
+
+The same computation as :func:`.reference.mixer_core`, with fewer activations through memory. The forward runs
+the conv (transient), x_proj as one bmm over both directions, and the scan with its fused inputs
+(:mod:`.triton_scan`, FUSED_CONV and FUSED_DT): the scan recomputes conv + SiLU from the raw x and
+dt = dt_low @ dt_proj^T in its tiles, so neither the conv output nor the full-width dt, (2, batch, L, E) each, is
+kept for the backward. The backward runs the scan's backward on the same fused inputs (-> d conv output, d dt),
+the two projections' gradients as bmms, the conv once more (transient, for x_proj's weight gradient) and the
+conv's backward.
+
+Forward and backward are PyTorch custom ops (``vim::mixer_core``, ``vim::mixer_core_backward``), opaque to
+torch.compile and torch.export like the scan's; the forward op carries the autograd formula.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .triton_common import check, grads_like, needs_grad, traced, unit_last_stride
+from .triton_conv1d import _check_x, _conv_backward, _conv_forward
+from .triton_scan import _launch_scan, _launch_scan_backward, _scan_outputs
+
+
+def _x_dbl(x, x_proj_weight):
+    """x_proj's output for both directions, (2, batch, L, R + 2N) in x's dtype: dt_low, B and C side by side."""
+    return torch.empty((2, *x.shape[:2], x_proj_weight.shape[-1]), dtype=x.dtype, device=x.device)
+
+
+def _split(x_dbl, R, N):
+    """dt_low, B and C: views of x_proj's output, channels contiguous as the scan takes them."""
+    return x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
+
+
+def _fused(conv_weight, conv_bias, dt_proj_weight):
+    """The weights the scan kernels recompute the conv output and dt with (triton_scan._fused_args)."""
+    return conv_weight.contiguous(), conv_bias.contiguous(), dt_proj_weight.contiguous()
+
+
+def _mixer_core_forward(x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Tensor, x_proj_weight: Tensor,
+                        dt_proj_weight: Tensor, A: Tensor, D: Tensor, dt_bias: Tensor,
+                        save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> (the gated, averaged output (batch, L, E), the scan's checkpoints, its y before the gate, x_proj's
+    output x_dbl); with ``save`` (autograd will call the backward) the scan also stores what its backward reads,
+    which :func:`_mixer_core_backward` takes with the inputs."""
+    x = unit_last_stride(x)
+    batch, L, E = x.shape
+    R, N = dt_proj_weight.shape[1], A.shape[-1]
+    x_dbl = _x_dbl(x, x_proj_weight)
+    u = _conv_forward(x, conv_weight, conv_bias, True, False)              # (2, batch, L, E), transient
+    torch.bmm(u.view(2, batch * L, E), x_proj_weight.to(u.dtype), out=x_dbl.view(2, batch * L, R + 2 * N))
+    del u
+    dt_low, B, C = _split(x_dbl, R, N)
+    out, ckpt, y = _launch_scan(x, dt_low, A, B, C, D, z, dt_bias, True, False, save,
+                                _fused(conv_weight, conv_bias, dt_proj_weight))
+    return out, ckpt, y, x_dbl
+
+
+def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Tensor,
+                         x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor, D: Tensor, dt_bias: Tensor,
+                         ckpt: Tensor, y: Tensor, x_dbl: Tensor
+                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of every tensor input of :func:`_mixer_core_forward`, in its order (x, z, conv weight and bias,
+    x_proj and dt_proj weights, A, D, dt_bias), each in its input's dtype, from the gradient of the output and
+    the checkpoints, y and x_dbl the forward returned."""
+    x = unit_last_stride(x)
+    batch, L, E = x.shape
+    R, N = dt_proj_weight.shape[1], A.shape[-1]
+    dt_low, B, C = _split(x_dbl, R, N)
+    du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
+        dout, x, dt_low, A, B, C, D, z, dt_bias, ckpt, y, True, False, _fused(conv_weight, conv_bias, dt_proj_weight))
+    rows = 2, batch * L
+    ddt = ddt.view(*rows, E)
+    w_dt = dt_proj_weight.to(ddt.dtype)
+    dx_dbl = torch.cat([torch.bmm(ddt, w_dt.transpose(1, 2)), dB.view(*rows, -1), dC.view(*rows, -1)], -1)
+    dw_dt = torch.bmm(dt_low.reshape(*rows, R).transpose(1, 2), ddt)
+    u = _conv_forward(x, conv_weight, conv_bias, True, False).view(*rows, E)   # recomputed, transient
+    dw_x = torch.bmm(u.transpose(1, 2), dx_dbl)
+    del u
+    du = du.view(*rows, E).baddbmm_(dx_dbl, x_proj_weight.to(dx_dbl.dtype).transpose(1, 2)).view(2, batch, L, E)
+    dx, dconv_w, dconv_b = _conv_backward(du, x, conv_weight, conv_bias, True, False)
+    return (dx, dz, dconv_w, dconv_b, dw_x.to(x_proj_weight.dtype), dw_dt.to(dt_proj_weight.dtype), dA, dD,
+            ddt_bias)
+
+
+mixer_core_op = torch.library.custom_op('vim::mixer_core', _mixer_core_forward, mutates_args=())
+
+
+# The fake implementations allocate through the same helpers as the real ones (_x_dbl, _scan_outputs,
+# grads_like), so shapes, dtypes and strides agree.
+@mixer_core_op.register_fake
+def _mixer_core_fake(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, save):
+    x_dbl = _x_dbl(x, x_proj_weight)
+    return (*_scan_outputs(x, x_dbl, A, z, save), x_dbl)
+
+
+mixer_core_backward_op = torch.library.custom_op('vim::mixer_core_backward', _mixer_core_backward, mutates_args=())
+mixer_core_backward_op.register_fake(
+    lambda dout, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, ckpt, y, x_dbl:
+    grads_like(x, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias))
+
+
+def _setup_mixer_core(ctx, inputs, output):
+    *tensors, save = inputs
+    if not save:
+        raise RuntimeError('vim::mixer_core: called with save=False on inputs that need gradients; the backward '
+                           'needs the checkpoints that save=True stores')
+    _, ckpt, y, x_dbl = output
+    ctx.mark_non_differentiable(ckpt, y, x_dbl)
+    ctx.set_materialize_grads(False)                         # no zero-filled gradients of ckpt, y and x_dbl
+    # Through save_for_backward, not ctx attributes: non-reentrant activation checkpointing hooks in there.
+    ctx.save_for_backward(*tensors, ckpt, y, x_dbl)
+
+
+def _mixer_core_vjp(ctx, dout, _dckpt, _dy, _dx_dbl):
+    if dout is None:
+        return (None,) * 10
+    return (*mixer_core_backward_op(dout, *ctx.saved_tensors), None)
+
+
+mixer_core_op.register_autograd(_mixer_core_vjp, setup_context=_setup_mixer_core)
+
+
+def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias):
+    op = 'mixer_core'
+    _check_x(op, x)
+    batch, L, E = x.shape
+    W = conv_weight.shape[-1] if isinstance(conv_weight, torch.Tensor) and conv_weight.dim() == 3 else 4
+    N = A.shape[-1] if isinstance(A, torch.Tensor) and A.dim() == 3 else 1
+    R = dt_proj_weight.shape[1] if isinstance(dt_proj_weight, torch.Tensor) and dt_proj_weight.dim() == 3 else 1
+    for name, t, shape in (('z', z, (batch, L, E)), ('conv_weight', conv_weight, (2, E, W)),
+                           ('conv_bias', conv_bias, (2, E)), ('x_proj_weight', x_proj_weight, (2, E, R + 2 * N)),
+                           ('dt_proj_weight', dt_proj_weight, (2, R, E)), ('A', A, (2, E, N)), ('D', D, (2, E)),
+                           ('dt_bias', dt_bias, (2, E))):
+        check(op, name, t, shape, x.device)
+    inputs = x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias
+    save = needs_grad(*inputs)
+    run = mixer_core_op if save or traced(x) else _mixer_core_forward
+    return run(*inputs, save)[0]

@@ -333,9 +333,58 @@ def test_mixer_core_chain(dtype):
     compare(run(triton_ops), run(reference), leaves, dtype, names)
 
 
+def mixer_leaves(batch, L, E, N, R, dtype):
+    """Random mixer-core inputs: in_proj's output xz (x and z are its strided halves) and the projections'
+    weights in ``dtype``, the conv, A, D and dt_bias in float32 (as a model under autocast has them)."""
+    return [torch.randn(batch, L, 2 * E, dtype=dtype), torch.randn(2, E, 4) * 0.5, torch.randn(2, E) * 0.1,
+            (torch.randn(2, E, R + 2 * N) / E ** 0.5).to(dtype), (torch.randn(2, R, E) / R ** 0.5).to(dtype),
+            -torch.exp(torch.randn(2, E, N) * 0.5), torch.randn(2, E), torch.randn(2, E) * 0.5 - 1.]
+
+
+MIXER_NAMES = ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A', 'D', 'dt_bias']
+
+
+def run_mixer_core(module, E):
+    return lambda xz, *weights: module.mixer_core(xz[..., :E], xz[..., E:], *weights)
+
+
+@pytest.mark.parametrize('dtype, segmented', [(dtype, False) for dtype in DTYPES] +
+                         [(torch.float32, True), (torch.bfloat16, True)])
+def test_mixer_core(monkeypatch, dtype, segmented):
+    """The fused mixer core (the scan recomputing conv + SiLU and dt from the raw x and dt_low) against the
+    float64 reference composition, one segment and segmented: values, the gradients of every input, the output
+    without autograd, and what it keeps for the backward: nothing of the conv output's or dt's size."""
+    batch, L, E, N, R = MIXER_SHAPE
+    if segmented:
+        _segment_everything(monkeypatch)
+        batch, L = SEG_SHAPES[-1][:2]
+        assert triton_scan.launch_config(batch, L, E, torch.device(DEVICE))[3][1] > 2
+    leaves = mixer_leaves(batch, L, E, N, R, dtype)
+    out, = compare(run_mixer_core(triton_ops, E), run_mixer_core(reference, E), leaves, dtype, MIXER_NAMES)
+    assert out.dtype == dtype
+    leaves = [t.to(DEVICE) for t in leaves]
+    out = run_mixer_core(triton_ops, E)(leaves[0], *(t.requires_grad_() for t in leaves[1:]))
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+    assert saved and max(t.numel() for t in saved) < 2 * batch * L * E, [tuple(t.shape) for t in saved]
+    leaves = [t.detach() for t in leaves]
+    with torch.no_grad():
+        out = run_mixer_core(triton_ops, E)(*leaves)
+    assert_close(out, run_mixer_core(reference, E)(*(t.double() for t in leaves)), TOL[dtype], 'no-grad output')
+
+
+def test_mixer_core_input_checks():
+    batch, L, E, N, R = MIXER_SHAPE
+    xz, *weights = (t.to(DEVICE) for t in mixer_leaves(batch, L, E, N, R, torch.float32))
+    with pytest.raises(ValueError, match=r'x_proj_weight has shape .* expected \(2, 12, 11\)' if INTERPRET
+                       else 'x_proj_weight has shape'):
+        triton_ops.mixer_core(xz[..., :E], xz[..., E:], weights[0], weights[1], weights[2][..., 1:], *weights[3:])
+    with pytest.raises(ValueError, match='z has shape'):
+        triton_ops.mixer_core(xz[..., :E], xz[:, 1:, E:], *weights)
+
+
 def test_model_triton_matches_reference():
-    """The whole model, forward and backward, on the Triton path against the reference path (both float32):
-    the logits and the gradient of every parameter."""
+    """The whole model, forward and backward, on the Triton path (its mixers on the fused mixer core) against the
+    reference path (both float32): the logits and the gradient of every parameter."""
     from vim.kernels import use_backend
     from vim.vision_mamba import VisionMamba
     model = VisionMamba(img_size=32, patch_size=16, embed_dim=16, depth=2, num_classes=5).to(DEVICE)

@@ -86,7 +86,7 @@ def main():
     parser.add_argument('--block-e-bwd', type=int, default=16)
     args = parser.parse_args()
     options = dict(REVERSE=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NDIR=1, D_FIRST=0, D_LAST=1,
-                   BLOCK_N=16, CKPT_TILES=16)
+                   BLOCK_N=16, CKPT_TILES=16, W=4, FUSED_CONV=False, FUSED_DT=False, BLOCK_R=1)
     fwd, bwd, dh_summary = triton_scan._scan_fwd_kernel, triton_scan._scan_bwd_kernel, triton_scan._dh_summary_kernel
     # (name, kernel, its mode, channel block, segmented); B and C widened in place and registers capped as the
     # launches do

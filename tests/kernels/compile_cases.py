@@ -11,8 +11,8 @@ import timm
 import torch
 
 import vim  # noqa: F401  registers vim_* with timm
-from kernel_cases import DEVICE, INTERPRET, assert_close, scan_leaves, split_scan
-from vim.kernels import triton_conv1d, triton_rmsnorm, triton_scan, use_backend
+from kernel_cases import DEVICE, INTERPRET, MIXER_SHAPE, assert_close, mixer_leaves, scan_leaves, split_scan
+from vim.kernels import triton_conv1d, triton_mixer, triton_rmsnorm, triton_scan, use_backend
 from vim.vision_mamba import VisionMamba
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -56,6 +56,43 @@ def test_opcheck_conv1d(dtype, bias):
         opcheck(triton_conv1d.conv1d_op, [x.requires_grad_(grad), w.requires_grad_(grad), b, bias, not bias])
     opcheck(triton_conv1d.conv1d_backward_op, [torch.randn(2, 2, 19, 12, dtype=dtype), x.detach(), w.detach(), b,
                                                bias, not bias])
+
+
+def mixer_inputs(dtype):
+    """The mixer core's tensor inputs as the model passes them: x and z the strided halves of in_proj's output."""
+    batch, L, E, N, R = MIXER_SHAPE
+    xz, *weights = (t.to(DEVICE) for t in mixer_leaves(batch, L, E, N, R, dtype))
+    return [xz[..., :E], xz[..., E:], *weights]
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_opcheck_mixer_core(dtype):
+    """vim::mixer_core with and without what the backward reads (save), and vim::mixer_core_backward."""
+    inputs = mixer_inputs(dtype)
+    for save in (True, False):
+        opcheck(triton_mixer.mixer_core_op, [t.detach().requires_grad_(save) for t in inputs] + [save])
+    inputs = [t.detach() for t in inputs]
+    out, ckpt, y, x_dbl = triton_mixer.mixer_core_op(*inputs, True)
+    opcheck(triton_mixer.mixer_core_backward_op, [torch.randn_like(out), *inputs, ckpt, y, x_dbl])
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_compile_mixer_core_fullgraph_matches_eager(dtype):
+    """The mixer core alone under torch.compile(fullgraph=True) against eager: the output with and without
+    autograd, and the gradient of every input."""
+    compiled = torch.compile(triton_mixer.mixer_core, backend=BACKEND, fullgraph=True)
+    inputs = mixer_inputs(dtype)
+    with torch.no_grad():
+        assert_close(compiled(*inputs).float(), triton_mixer.mixer_core(*inputs).double(), 1e-5,
+                     'inference output')
+    results = []
+    for fn in (compiled, triton_mixer.mixer_core):
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
+    names = ['output', 'x', 'z', 'conv_weight', 'conv_bias', 'x_proj_weight', 'dt_proj_weight', 'A', 'D', 'dt_bias']
+    for ours, ref, name in zip(*results, names):
+        assert_close(ours.float(), ref.double(), 1e-5, name)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)

@@ -8,6 +8,7 @@ download is needed; data loading is not the bottleneck at these sizes.
 
     python bench/train_throughput.py --out bench/results/train_throughput_h100.json
     python bench/train_throughput.py --config configs/cifar10_scratch_vim_tiny.yaml --steps 200 --batch-size 256
+    python bench/train_throughput.py train.cuda_graph=true train.compile=inductor   # the fast modes
     python bench/train_throughput.py --tiny --steps 3 --device cpu      # a check that it runs, on a CPU
 
 Multi-GPU: torchrun --nproc_per_node=N bench/train_throughput.py ... (images/s is the global rate).
@@ -71,6 +72,8 @@ def main(argv=None):
         'recipe': os.path.relpath(args.config, REPO), 'model': cfg['model']['name'],
         'model_kwargs': cfg['model']['kwargs'], 'img_size': img, 'batch_per_process': batch,
         'world_size': int(os.environ.get('WORLD_SIZE', '1')), 'amp': cfg['train']['amp'], 'steps': args.steps,
+        'compile': cfg['train']['compile'], 'compile_mode': cfg['train']['compile_mode'],
+        'cuda_graph': cfg['train']['cuda_graph'],
         'images_per_s': epochs[-1]['images_per_s'], 'first_epoch_images_per_s': epochs[0]['images_per_s'],
         'epoch_time_s': epochs[-1]['epoch_time_s'], 'final_train_loss': epochs[-1]['train_loss'],
         'device': torch.cuda.get_device_name() if cuda else platform.processor() or 'cpu',
@@ -82,7 +85,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
         json.dump(result, f, indent=2)
-    print(f"{result['model']} {img}px batch {batch}x{result['world_size']} amp {result['amp']}: "
+    mode = ' '.join(f'{k}={result[k]}' for k in ('compile', 'compile_mode', 'cuda_graph') if result[k])
+    print(f"{result['model']} {img}px batch {batch}x{result['world_size']} amp {result['amp']} {mode or 'eager'}: "
           f"{result['images_per_s']:.0f} images/s on {result['device']} -> {out}")
     return 0
 

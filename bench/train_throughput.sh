@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU training throughput of the CIFAR-10 recipe on generated data (no network, no albumentations needed).
+# Training throughput of the recipes in each training mode (eager, train.compile, train.cuda_graph, both) on
+# generated data (no network, no albumentations needed), and DeiT-Tiny through the same engine at 224 px.
 # Usage (repo root, on the GPU machine): bash bench/train_throughput.sh [OUT_DIR] [extra args for train_throughput.py]
-# Writes OUT_DIR/train_throughput*.json and OUT_DIR/train_throughput.log.
+# Writes OUT_DIR/train_throughput.json (one object per run) and OUT_DIR/train_throughput.log.
 set -u
 OUT=${1:-${OUT:-/tmp/vim_train_out}}
 shift || true
@@ -14,12 +15,23 @@ if ! python3 -c "import vim.kernels" 2>/dev/null; then
   ln -sfn "$PWD/kernels" /tmp/vim_pkg/vim/kernels
   export PYTHONPATH=/tmp/vim_pkg${PYTHONPATH:+:$PYTHONPATH}
 fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
-  python3 -c "import torch, timm, sys; print('torch', torch.__version__, 'timm', timm.__version__, 'python', sys.version.split()[0])"
-} > "$OUT/env.txt" 2>&1
-# CIFAR-10 from scratch recipe (Vim-Tiny, 32 px, 4x4 patches, bf16): batch 128 as in the recipe, then 256
-python3 bench/train_throughput.py --steps 100 --out "$OUT/train_throughput_b128.json" "$@" 2>&1 | tee "$OUT/train_throughput.log"
-python3 bench/train_throughput.py --steps 100 --batch-size 256 --out "$OUT/train_throughput_b256.json" "$@" 2>&1 | tail -3 | tee -a "$OUT/train_throughput.log"
-# the 224 px fine-tune recipe's model (random init: throughput only)
-python3 bench/train_throughput.py --config configs/cifar10_finetune_vim_tiny_224.yaml --steps 50 \
-  --out "$OUT/train_throughput_224.json" "$@" 2>&1 | tail -3 | tee -a "$OUT/train_throughput.log"
+RUNS=$(mktemp -d)
+run() {  # run NAME ARGS...: one train_throughput.py run, its JSON kept as RUNS/NAME.json
+  local name=$1; shift
+  timeout 300 python3 bench/train_throughput.py --out "$RUNS/$name.json" "$@" 2>&1 | tail -1 | tee -a "$OUT/train_throughput.log"
+}
+CIFAR="--steps 100"
+FT="--config configs/cifar10_finetune_vim_tiny_224.yaml --steps 40 --batch-size 128"
+run cifar_eager $CIFAR "$@"
+run cifar_graph $CIFAR "$@" train.cuda_graph=true
+run cifar_compile $CIFAR "$@" train.compile=inductor
+run cifar_compile_graph $CIFAR "$@" train.compile=inductor train.cuda_graph=true
+run vim224_eager $FT "$@"
+run vim224_compile_graph $FT "$@" train.compile=inductor train.cuda_graph=true
+run deit224_eager $FT "$@" model.name=deit_tiny_patch16_224
+run deit224_compile_graph $FT "$@" model.name=deit_tiny_patch16_224 train.compile=inductor train.cuda_graph=true
+python3 - "$RUNS" "$OUT/train_throughput.json" <<'PY'
+import json, os, sys
+runs = {n[:-5]: json.load(open(os.path.join(sys.argv[1], n))) for n in sorted(os.listdir(sys.argv[1]))}
+json.dump(runs, open(sys.argv[2], 'w'), indent=1)
+PY

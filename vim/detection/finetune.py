@@ -64,36 +64,33 @@ def param_groups_layer_decay(
 ) -> List[dict]:
     """Optimizer parameter groups with layer-wise learning-rate decay (as in ViTDet / BEiT fine-tuning).
 
-    A trunk parameter at layer id ``l`` (0 stem, ``i + 1`` for block ``i``) gets
-    ``lr_scale = layer_decay ** (depth + 1 - l)`` (the final norm: that of the last block); every
-    parameter outside the trunk gets 1. Biases, norm weights (every parameter with fewer than 2 dims), the trunk's
-    ``no_weight_decay()`` names and the ``no_weight_decay`` names of ``model`` (exact names or fnmatch
-    patterns) get no weight decay.
-    Frozen parameters are left out. Each group has ``lr_scale`` (what timm's schedulers read) and,
-    when ``lr`` is given, ``lr = lr * lr_scale``.
+    The trunk's groups are the classification engine's (:func:`vim.engine.optim.param_groups`: timm's layer
+    decay over the trunk's ``group_matcher``), one layer further down, since everything outside the trunk
+    (pyramid, RPN, RoI heads) is the top layer: a trunk parameter at layer id ``l`` (0 stem, ``i + 1`` for
+    block ``i``, the final norm with the last block) gets ``lr_scale = layer_decay ** (depth + 1 - l)``, the
+    rest 1. Parameters with fewer than 2 dims, the trunk's ``no_weight_decay()`` and the ``no_weight_decay``
+    names of ``model`` (exact names or fnmatch patterns) get no weight decay. Frozen parameters are left
+    out. Each group has ``lr_scale`` (what timm's schedulers read), ``param_names`` (names in ``model``)
+    and, when ``lr`` is given, ``lr = lr * lr_scale``.
     """
-    backbone = find_detection_backbone(model)
-    depth = len(trunk_blocks(backbone.trunk))
-    layer_ids = _trunk_layer_ids(backbone)
-    trunk_names: Dict[int, str] = {id(p): name for name, p in backbone.trunk.named_parameters()}
-    skip_trunk = set(getattr(backbone.trunk, 'no_weight_decay', lambda: set())())
-    skip = set(no_weight_decay)
+    from ..engine.optim import param_groups
 
-    groups: Dict[tuple, dict] = {}
+    trunk = find_detection_backbone(model).trunk
+    names = {id(p): name for name, p in model.named_parameters()}
+    trunk_ids = {id(p) for p in trunk.parameters()}
+    skip = set(no_weight_decay)
+    groups = param_groups(trunk, weight_decay, layer_decay, no_weight_decay=[
+        name for name, p in trunk.named_parameters() if _matches(names[id(p)], skip)])
+    for group in groups:
+        group['lr_scale'] *= layer_decay
+    rest = {True: [], False: []}  # no weight decay -> parameters outside the trunk
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        trunk_name = trunk_names.get(id(param))
-        layer = depth + 1 if trunk_name is None else layer_ids[trunk_name]
-        no_decay = (param.ndim <= 1 or _matches(name, skip)
-                    or (trunk_name is not None and _matches(trunk_name, skip_trunk)))
-        key = (layer, no_decay)
-        if key not in groups:
-            scale = layer_decay ** (depth + 1 - layer)
-            groups[key] = {'params': [], 'param_names': [], 'weight_decay': 0.0 if no_decay else weight_decay,
-                           'lr_scale': scale}
-            if lr is not None:
-                groups[key]['lr'] = lr * scale
-        groups[key]['params'].append(param)
-        groups[key]['param_names'].append(name)
-    return [groups[key] for key in sorted(groups)]
+        if param.requires_grad and id(param) not in trunk_ids:
+            rest[param.ndim <= 1 or _matches(name, skip)].append(param)
+    groups += [{'params': params, 'weight_decay': 0.0 if exempt else weight_decay, 'lr_scale': 1.0}
+               for exempt, params in rest.items() if params]
+    for group in groups:
+        group['param_names'] = [names[id(p)] for p in group['params']]
+        if lr is not None:
+            group['lr'] = lr * group['lr_scale']
+    return groups

@@ -74,9 +74,6 @@ class ShapesDataset(Dataset):
     def __len__(self) -> int:
         return self.num_images
 
-    def _uniform(self, g: torch.Generator, low: float, high: float) -> float:
-        return low + (high - low) * torch.rand((), generator=g).item()
-
     def _randint(self, g: torch.Generator, low: int, high: int) -> int:
         """An int in [low, high]."""
         return int(torch.randint(low, high + 1, (), generator=g))

@@ -53,7 +53,7 @@ class ForwardBackward:
     def _loss_and_backward(self, images, targets, cache: bool = True) -> torch.Tensor:
         with autocast(self.device, self.amp, cache=cache):
             logits = self.model(images)
-        loss = self.criterion(logits, targets)
+        loss = self.criterion(logits.float(), targets)  # the softmax in fp32 under bf16 autocast
         self.scaler.scale(loss).backward()
         return loss.detach()
 

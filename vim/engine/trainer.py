@@ -16,7 +16,6 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 
 from ..data import build_dataset, build_eval_loader, build_eval_transform, build_train_loader, \
     build_train_transform, resolve_data_settings
@@ -56,18 +55,13 @@ def resolve_run_dir(cfg: Dict, output: Optional[str], resume: Optional[str]) -> 
     return os.path.join(cfg['output_dir'], f"{cfg['name']}-{stamp}")
 
 
-class _Criterion(nn.Module):
-    """Soft-target CE under mixup/cutmix (smoothing folded into the targets), else CE with smoothing."""
-
-    def __init__(self, soft: bool, smoothing: float):
-        super().__init__()
-        self.soft, self.smoothing = soft, smoothing
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.soft:
-            return torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
-        return nn.functional.cross_entropy(logits, targets, label_smoothing=self.smoothing)
+def _build_criterion(soft_targets: bool, smoothing: float) -> nn.Module:
+    """timm train.py's choice: soft-target CE under mixup/cutmix (smoothing is folded into the targets), else
+    label-smoothing CE, else CE."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    if soft_targets:
+        return SoftTargetCrossEntropy()
+    return LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
 
 
 def _build_mixup(aug: Dict, num_classes: int):
@@ -176,7 +170,7 @@ class _Run:
             self.ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.mixup = _build_mixup(cfg['aug'], self.num_classes)
-        self.criterion = _Criterion(self.mixup is not None, float(cfg['aug']['label_smoothing']))
+        self.criterion = _build_criterion(self.mixup is not None, float(cfg['aug']['label_smoothing']))
         self.forward_backward = ForwardBackward(self.ddp, self.criterion, self.device, self.amp, self.scaler,
                                                 cuda_graph=bool(tcfg['cuda_graph']))
 
@@ -391,13 +385,3 @@ class _Run:
         parts.append(f"{row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
         logger.info(' | '.join(parts))
 
-
-def read_run_config(run_dir: str) -> Dict:
-    """The recipe a run was started with (``config.yaml`` without its ``resolved`` section)."""
-    path = os.path.join(run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir), 'config.yaml')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no config.yaml in run directory {os.path.dirname(path)}")
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    cfg.pop('resolved', None)
-    return cfg

@@ -1,5 +1,4 @@
 """Timing of detector training steps (forward, backward, optimiser step) on generated images."""
-import contextlib
 import platform
 import statistics
 import time
@@ -9,12 +8,12 @@ import timm
 import torch
 import torchvision
 
+from ..engine.evaluate import AMP_DTYPES, autocast
 from .detectors import fasterrcnn_vim
 from .shapes import ShapesDataset, collate_detection
 
 __all__ = ['benchmark_training_steps']
 
-AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def _sync(device: torch.device) -> None:
@@ -43,7 +42,7 @@ def benchmark_training_steps(
     on CUDA, the peak allocated memory in GiB.
     """
     if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}.")
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}; got {amp!r}.")
     if steps < 1 or warmup < 0:
         raise ValueError(f"Need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
     dev = torch.device(device)
@@ -58,16 +57,10 @@ def benchmark_training_steps(
     model = fasterrcnn_vim(data.num_classes, model_name, backbone_kwargs=kwargs,
                            min_size=min(image_size), max_size=max(image_size)).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    dtype = AMP_DTYPES[amp]
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(dev.type, dtype=dtype)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp == 'fp16')
 
     def step() -> float:
-        with autocast():
+        with autocast(dev, amp):
             loss = sum(model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -1,11 +1,11 @@
 """Training steps, evaluation (VOC-style AP at an IoU threshold) and drawing for torchvision detectors."""
 import itertools
-import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
@@ -38,24 +38,26 @@ def train_detector(
     """Train a torchvision detector for ``steps`` optimiser steps on ``dataset`` (cycled, shuffled).
 
     The learning rate of every group ramps linearly from 0 over ``warmup_steps``, then decays to 0 on
-    a cosine. Returns the losses of every step (the detector's loss dict plus ``'loss'``, their sum);
-    raises ``FloatingPointError`` at the first non-finite loss.
+    a cosine (timm's ``CosineLRScheduler``, per step); the groups' lr is restored afterwards. Returns the
+    losses of every step (the detector's loss dict plus ``'loss'``, their sum); raises ``FloatingPointError``
+    at the first non-finite loss.
     """
     device = device or next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate_detection,
                         generator=torch.Generator().manual_seed(seed), drop_last=len(dataset) >= batch_size)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     base_lrs = [group['lr'] for group in optimizer.param_groups]
+    # timm's scheduler multiplies its value by a group's lr_scale, which these groups' lr already includes
+    for group in optimizer.param_groups:
+        group['initial_lr'] = group['lr'] / group.get('lr_scale', 1.0)
+    warmup_steps = min(warmup_steps, steps - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(steps - warmup_steps, 1), lr_min=0.0,
+                                  warmup_t=warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
     params = [p for group in optimizer.param_groups for p in group['params']]
     model.train()
     history = []
     for step, (images, targets) in zip(range(steps), batches):
-        if step < warmup_steps:
-            factor = (step + 1) / warmup_steps
-        else:
-            factor = 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
-        for group, base_lr in zip(optimizer.param_groups, base_lrs):
-            group['lr'] = base_lr * factor
+        scheduler.step_update(step)
         images, targets = _to_device(images, targets, device)
         losses = model(images, targets)
         loss = sum(losses.values())
@@ -73,6 +75,7 @@ def train_detector(
             log(step, record)
     for group, base_lr in zip(optimizer.param_groups, base_lrs):
         group['lr'] = base_lr
+        del group['initial_lr']
     return history
 
 

@@ -19,12 +19,12 @@ __all__ = ['evaluate', 'autocast', 'run_evaluation']
 
 logger = logging.getLogger('vim.train')
 
-AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}  # train.amp -> autocast dtype
 
 
 def autocast(device: torch.device, amp: str, cache: bool = True):
     """Autocast to ``amp``'s dtype (``none``: full precision); ``cache=False`` for a CUDA-graph recording."""
-    if amp == 'none':
+    if AMP_DTYPES[amp] is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp], cache_enabled=cache)
 

@@ -124,9 +124,9 @@ def _conv_bwd_dx_kernel(w_ptr, g_ptr, dx_ptr, batch, L, E,
              mask=(t < L)[:, None] & mask_e[None, :])
 
 
-# Tiles of 32 steps x 64 channels, 2 warps (32 values per thread): the best of bench/prototypes/conv_sweep.py
+# Tiles of 32 steps x 64 channels, 2 warps (32 values per thread): the best of bench/conv_sweep.py
 # (H100, bidirectional, bf16): forward at 79-88% of the byte floor at Vim-Tiny's shapes against 42-48% with the
-# 4 warps used before, forward+backward 1.6-1.7x faster (bench/results/session10_conv_sweep.md).
+# 4 warps, forward+backward 1.6-1.7x faster.
 CONV_CONFIG = dict(BLOCK_T=32, BLOCK_E=64, num_warps=2)
 
 

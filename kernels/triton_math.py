@@ -3,7 +3,7 @@
 Per call, on sm_90 (bench/sass_count.py): ``tl.log`` compiles to a ~30-instruction software logarithm and
 ``tl.sigmoid`` to an exponential with a denormal range check plus an IEEE division (~29 instructions). These run
 once per (step, channel) in every scan pass, beside ~16 state updates of ~5 instructions each; the forms below
-shortened the forward's loop from 857 to 774 instructions per tile. They use only ``tl`` arithmetic, so they
+shorten the forward's loop by a tenth. They use only ``tl`` arithmetic, so they
 run unchanged under Triton's interpreter.
 """
 import triton
@@ -41,7 +41,7 @@ def softplus(u):
 def to_f32(v):
     """v as float32. bf16 widens by a shift of its bits: Triton's own conversion compiles to two instructions
     (PRMT + SHF) for every odd element of a packed pair, this to one. In the scan it also moved where Triton
-    widens B and C: on the loaded tile, before their rows are broadcast to every lane (kernel_notes.md, v2.3)."""
+    widens B and C: on the loaded tile, before their rows are broadcast to every lane."""
     if v.dtype == tl.bfloat16:
         return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     else:

@@ -32,7 +32,7 @@ channels (dB, dC) and states (<dh, B>, d delta) are taken once per tile through 
 
 Layouts: Triton lays a loaded tile out by its memory order and the arithmetic inherits it, converting through
 shared memory wherever two layouts meet. So every fp32 state buffer the backward reads (scratch, summaries)
-is states-contiguous like A: one that was not cost a conversion per step (kernel_results.md, session 11).
+is states-contiguous like A: one that was not cost a conversion per step.
 """
 import functools
 import math
@@ -97,10 +97,10 @@ def _delta(dt_row, t, mask, bias, L, sdt_t, wdt, R, SOFTPLUS: tl.constexpr, FUSE
 def _in_place(v):
     """v, computed in its own layout: a sum over a joined zero, which Triton 3.6 does not recompute in another
     layout. 3.6 otherwise recomputes an elementwise result in the layout of each use, e.g. every lane widening
-    all of B's and C's values after their rows are broadcast (sm_90 forward loop under 3.6: 898 -> 728
-    instructions per tile with B and C in place), or softplus on every (state, channel) pair of the backward
-    (pass 2: 955 -> 848). 3.8 keeps them in place either way. The cost: the results held in registers (B and
-    C in place slowed the backward, which has none to spare: kernel_results.md, session 12 run 13)."""
+    all of B's and C's values after their rows are broadcast (in place: a fifth fewer instructions in the
+    forward loop under 3.6), or softplus on every (state, channel) pair of the backward (a tenth fewer in
+    pass 2). 3.8 keeps them in place either way. The cost: the results held in registers (B and
+    C in place slowed the backward, which has none to spare)."""
     return tl.sum(tl.join(v, tl.zeros_like(v)), 2)
 
 
@@ -361,8 +361,8 @@ def _sum_rows(p0, p1, p2, p3, AXIS: tl.constexpr):
     """(4, X): row r is the (N, E) tile p_r summed over its states (AXIS 0, X = E) or its channels (AXIS 1, X = N).
     tl.sum of each row would sum across lanes: a shuffle and an add per value held and lane level, every sum
     landing on every lane. Here each lane folds its own values, the four rows are stacked, and one exchange
-    through shared memory gives each lane whole outputs to add (pass-2 loop under Triton 3.8: 1,122 -> 872 sm_90
-    instructions per tile, 132 shuffles -> 0)."""
+    through shared memory gives each lane whole outputs to add (a fifth fewer instructions in the pass-2 loop,
+    and no shuffles)."""
     q0, q1, q2, q3 = _fold(p0, AXIS), _fold(p1, AXIS), _fold(p2, AXIS), _fold(p3, AXIS)
     P: tl.constexpr = q0.shape[0]
     Q: tl.constexpr = q0.shape[1]
@@ -488,8 +488,8 @@ def _scan_bwd_kernel(
     n_tiles = tl.cdiv(L, 4)
     # This program's scratch: the states entering each tile of the current chunk, (CKPT_TILES, BLOCK_E, BLOCK_N).
     # States contiguous, as in A, whose layout the state tile takes: with h stored or started in another layout,
-    # Triton converted it through shared memory at every step (pass-1 loop under Triton 3.6: 751 -> 371 sm_90
-    # instructions per tile), so pass 1 also reads its start state back from here, not from the checkpoint.
+    # Triton converted it through shared memory at every step (twice the instructions in pass 1's loop under
+    # Triton 3.6), so pass 1 also reads its start state back from here, not from the checkpoint.
     scratch = (scratch_ptr + ((pid_s * batch + pid_b) * tl.num_programs(0) + pid_e) * CKPT_TILES * BLOCK_N
                * BLOCK_E + offs_n[:, None] + tl.arange(0, BLOCK_E)[None, :] * BLOCK_N)
     row = pid_b * L * E + offs_e[None, :]                   # dx, ddt, dz, y: contiguous (.., batch, L, E)
@@ -583,7 +583,7 @@ def _scan_bwd_kernel(
                          mask=mask)
                 mask_bc = ((s0 + steps) < L)[:, None] & mask_n[None, :]
                 # relaxed: only atomicity is needed (the launch's end orders the sums); the default acq_rel
-                # fences every add, and the adds cost 0.21 of 1.11 ms at b128 L197 (kernel_notes.md, reading 7)
+                # fences every add, and fenced adds took a fifth of the backward's time at b128 L197
                 tl.atomic_add(dB_ptr + dBC_row + t[:, None] * N, _sum_rows(dB0, dB1, dB2, dB3, 1), mask=mask_bc,
                               sem='relaxed')
                 tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _sum_rows(dC0, dC1, dC2, dC3, 1), mask=mask_bc,
@@ -595,23 +595,23 @@ def _scan_bwd_kernel(
         tl.atomic_add(dbias_ptr + d * E + offs_e, tl.sum(dbias_acc, 0), mask=mask_e, sem='relaxed')
 
 
-# Launch parameters (bench/kernel_notes.md has the measurements). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape
+# Launch parameters (docs/performance.md has the current timings). BLOCK_E_FWD / BLOCK_E_BWD: None picks by shape
 # (launch_config), a number forces it. The checkpoint interval CKPT_TILES * BLOCK_T is shared by both passes;
 # the channel block of each pass is free, since checkpoints are stored per channel, not per program.
 # STAGES is the depth of the tile-load pipeline, 3 for every launch; STAGES_BWD (the one-segment backward) and
 # STAGES_SEGMENTED_FWD / _BWD (the segmented launches) override it (None: STAGES). H100, CUDA-graph timing, the
 # bidirectional scan, 3 stages against 1: forward 1.6x faster at b128 L197 and 1.5x at b8 L6085; forward +
-# backward 1.3x and 1.5x with only the backward's depth changed (session 11 sweeps; kernel_results.md).
+# backward 1.3x and 1.5x with only the backward's depth changed.
 # WIDEN_BC: the forward passes and the dh summaries widen B and C in place (_in_place), capped at MAXNREG_WIDE
 # registers so that 12 one-warp programs fit on an SM (b128 L197 runs 11.6 per SM). Uncapped, the fp32 rows took
-# 168-225 registers: a second wave at b128 (forward+backward 0.492 -> 0.515 ms, H100, session 11 device run 11).
+# 168-225 registers: a second wave at b128 (forward+backward 0.492 -> 0.515 ms on an H100).
 # Capped, ptxas spills 16-24 bytes (80 in the bidirectional forward with checkpoints), mostly outside the loop.
 # Segmented scan: when batch * channel blocks < SEG_MIN_PROGRAMS (None: 2 x the SM count), the sequence is
 # split into segments of whole checkpoint chunks so that about SEG_TARGET_FWD / _BWD programs run, but into at
 # most SEG_MAX segments (None: sqrt(L / BLOCK_T), since each replay program first folds in the summaries of all
 # segments before its own: n_seg steps against seg_len / BLOCK_T tiles). The forward's target is one wave of
 # 12 programs per SM (its register cap): at b8 L6085 fewer, longer segments halve the folding (bidirectional
-# forward 0.534 -> 0.514 ms, session 12 device run 8); the backward's more programs hide its latency (forward +
+# forward 0.534 -> 0.514 ms); the backward's more programs hide its latency (forward +
 # backward 2.009 -> 2.299 ms with 1536).
 SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_BWD=None, STAGES_SEGMENTED_FWD=None, STAGES_SEGMENTED_BWD=None,
                    num_warps=1, BLOCK_E_FWD=None, BLOCK_E_BWD=None, SEG_MIN_PROGRAMS=None, SEG_TARGET_FWD=1536,

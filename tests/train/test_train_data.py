@@ -164,3 +164,49 @@ def test_the_digits_recipe_states_the_split_it_trains_on():
     text = open(os.path.join(repo, 'configs', 'quickstart_digits.yaml')).read()
     train_n, val_n = (int(n.replace(',', '')) for n in re.search(r'([\d,]+) training / ([\d,]+) validation', text).groups())
     assert (train_n, val_n) == (len(DigitsDataset('train')), len(DigitsDataset('val')))
+
+
+def test_imagenet_recipe_pipeline_is_timms_for_a_fixed_seed():
+    """The ImageNet recipes train on timm's create_transform itself: same seed, same tensor; and the seeding
+    leaves the caller's RNGs as they were."""
+    import random
+
+    from timm.data import create_transform
+    from vim.data.transforms import resolve_data_settings
+    import timm
+
+    cfg = load_config(os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'imagenet_vim_tiny.yaml'),
+                      ['data.img_size=64'])
+    model = timm.create_model('vim_tiny_patch16_224', img_size=64, depth=1, embed_dim=16)
+    settings = resolve_data_settings(model, cfg['data'], cfg['aug'])
+    ours = build_train_transform(settings, cfg['aug'])
+    theirs = create_transform(64, is_training=True, scale=(0.08, 1.0), ratio=(0.75, 1.3333333), hflip=0.5,
+                              color_jitter=0.3, auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic',
+                              re_prob=0.25, re_mode='pixel', re_count=1, mean=(0.485, 0.456, 0.406),
+                              std=(0.229, 0.224, 0.225), crop_pct=0.875)
+    image = np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    before = random.getstate(), torch.get_rng_state()
+    outputs = []
+    for seed in (1, 2, 3, 4):
+        got = ours(image, seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        want = theirs(Image.fromarray(image))
+        assert got.shape == (3, 64, 64) and torch.equal(got, want), seed
+        outputs.append(got)
+        random.setstate(before[0])
+        torch.set_rng_state(before[1])
+    assert not torch.equal(outputs[0], outputs[1])  # the seed draws the augmentation
+    assert torch.equal(ours(image, 3), outputs[2])
+    assert random.getstate() == before[0] and torch.equal(torch.get_rng_state(), before[1])
+    evaluated = build_eval_transform(settings, cfg['aug'])(image)
+    assert torch.equal(evaluated, create_transform(64, crop_pct=0.875, interpolation='bicubic')(Image.fromarray(image)))
+
+
+def test_timm_and_albumentations_policies_are_not_mixed():
+    from vim.engine.config import ConfigError
+    with pytest.raises(ConfigError, match='aug.auto_augment .* needs aug.backend=timm'):
+        load_config(overrides=['aug.auto_augment=rand-m9-mstd0.5-inc1'])
+    with pytest.raises(ConfigError, match='aug.randaugment is the albumentations'):
+        load_config(overrides=['aug.backend=timm', 'aug.randaugment={num_ops: 2, magnitude: 9}'])

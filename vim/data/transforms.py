@@ -9,10 +9,16 @@ jitter or a RandAugment-like policy (``SomeOf(n)`` over albumentations ops at a 
 timm's ``rand-m9``; as in timm, colour jitter is off when the policy is on), normalisation, random
 erasing. Eval: resize the short side to ``img_size / crop_pct`` and centre-crop ``img_size``.
 
+``aug.backend: timm`` is timm's own ``create_transform`` (PIL images; the ImageNet recipes use it, so they
+are the released DeiT/Vim recipe exactly: ``aug.auto_augment`` such as ``rand-m9-mstd0.5-inc1``, colour jitter,
+random erasing, bicubic resizing, crop_pct); each call seeds Python's, NumPy's and torch's RNGs, which timm's
+ops draw from, and restores them afterwards.
+
 ``aug.backend: none`` skips albumentations (tensor conversion, resize and normalisation only); used
 where albumentations is not installed, e.g. the GPU throughput benchmark on generated data.
 """
 import math
+import random
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -99,6 +105,45 @@ class PlainTransform:
         return f'PlainTransform(img_size={self.img_size})'
 
 
+class TimmTransform:
+    """A timm (torchvision-style) transform on a PIL image made from the uint8 array, seeded per call."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image: np.ndarray, seed: Optional[int] = None) -> torch.Tensor:
+        from PIL import Image
+        pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+        if seed is None:
+            return self.transform(pil)
+        state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(seed)
+                np.random.seed(seed % 2 ** 32)
+                torch.manual_seed(seed)
+                return self.transform(pil)
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
+
+
+def _timm_transform(settings: Dict[str, Any], aug_cfg: Dict, is_training: bool) -> TimmTransform:
+    from timm.data import create_transform
+    common = dict(input_size=settings['img_size'], interpolation=settings['interpolation'],
+                  mean=tuple(settings['mean']), std=tuple(settings['std']), crop_pct=settings['crop_pct'])
+    if not is_training:
+        return TimmTransform(create_transform(is_training=False, **common))
+    return TimmTransform(create_transform(
+        is_training=True, scale=tuple(aug_cfg['scale'] or (1.0, 1.0)), ratio=tuple(aug_cfg['ratio']),
+        hflip=float(aug_cfg['hflip']), color_jitter=float(aug_cfg['color_jitter'] or 0.0),
+        auto_augment=aug_cfg['auto_augment'], re_prob=float(aug_cfg['random_erase']), re_mode='pixel', re_count=1,
+        **common))
+
+
 def _randaugment_ops(A, magnitude: float):
     """RandAugment-like op list; ``magnitude`` on timm's 0..10 scale."""
     m = max(0.0, min(float(magnitude), 10.0)) / 10.0
@@ -123,6 +168,8 @@ def build_train_transform(settings: Dict[str, Any], aug_cfg: Dict, in_chans: int
     size = settings['img_size']
     if aug_cfg['backend'] == 'none':
         return PlainTransform(size, settings['mean'], settings['std'])
+    if aug_cfg['backend'] == 'timm':
+        return _timm_transform(settings, aug_cfg, is_training=True)
     A = _albumentations()
     interp = _cv2_interp(settings['interpolation'])
     ops = []
@@ -163,6 +210,8 @@ def build_eval_transform(settings: Dict[str, Any], aug_cfg: Dict):
     size = settings['img_size']
     if aug_cfg['backend'] == 'none':
         return PlainTransform(size, settings['mean'], settings['std'])
+    if aug_cfg['backend'] == 'timm':
+        return _timm_transform(settings, aug_cfg, is_training=False)
     A = _albumentations()
     interp = _cv2_interp(settings['interpolation'])
     scale_size = int(math.floor(size / settings['crop_pct']))

@@ -50,13 +50,14 @@ DEFAULTS: Dict[str, Any] = {
         'synthetic_img_size': 32,
     },
     'aug': {
-        'backend': 'albumentations',  # albumentations | none (tensor conversion and normalisation only)
+        'backend': 'albumentations',  # albumentations | timm (timm's create_transform) | none (normalise only)
         'pad_crop': None,            # int p: resize, pad by p, random crop (CIFAR style); replaces scale
         'scale': [0.08, 1.0],        # random resized crop scale; null = plain resize
         'ratio': [0.75, 1.3333333],
         'hflip': 0.5,
         'color_jitter': 0.4,         # 0 or null disables
-        'randaugment': None,         # {num_ops: 2, magnitude: 9} or null
+        'randaugment': None,         # {num_ops: 2, magnitude: 9} or null (albumentations backend)
+        'auto_augment': None,        # timm backend: timm's policy string, e.g. rand-m9-mstd0.5-inc1
         'affine': None,              # {translate: 0.1, rotate: 10, scale: 0.1} or null (small datasets)
         'random_erase': 0.0,
         'crop_pct': None,            # default: model pretrained_cfg crop_pct
@@ -220,7 +221,7 @@ def _normalise_numbers(value: Any) -> Any:
 
 _CHOICES = {
     ('data', 'dataset'): ('digits', 'cifar10', 'imagefolder', 'synthetic'),
-    ('aug', 'backend'): ('albumentations', 'none'),
+    ('aug', 'backend'): ('albumentations', 'timm', 'none'),
     ('aug', 'mixup_mode'): ('batch', 'pair', 'elem'),
     ('optim', 'name'): ('adamw',),
     ('train', 'device'): ('auto', 'cpu', 'cuda'),
@@ -246,6 +247,13 @@ def validate(cfg: Dict[str, Any]) -> None:
         raise ConfigError(f"schedule.warmup_epochs must be >= 0; got {cfg['schedule']['warmup_epochs']!r}")
     if cfg['train']['best_metric'] == 'ema_top1' and not cfg['train']['ema']:
         raise ConfigError("train.best_metric=ema_top1 needs train.ema=true")
+    aug = cfg['aug']
+    if aug['auto_augment'] and aug['backend'] != 'timm':
+        raise ConfigError(f"aug.auto_augment is timm's policy string and needs aug.backend=timm; got backend "
+                          f"{aug['backend']!r} (the albumentations backend's policy is aug.randaugment)")
+    if aug['randaugment'] and aug['backend'] == 'timm':
+        raise ConfigError("aug.randaugment is the albumentations backend's policy; with aug.backend=timm set "
+                          "aug.auto_augment, e.g. rand-m9-mstd0.5-inc1")
     _validate_compile(cfg['train'])
     if cfg['model']['pretrained_file'] and not cfg['model']['pretrained']:
         raise ConfigError("model.pretrained_file is set but model.pretrained is false; set model.pretrained=true")

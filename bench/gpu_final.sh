@@ -26,7 +26,7 @@ wait
 timeout 200 python3 -P -m pytest -m gpu tests/kernels -q -p no:cacheprovider -rf -k long_sequence 2>&1 \
   | tail -5 >> "$OUT/gpu_tests.log"
 tail -4 "$OUT/gpu_tests.log"; tail -2 "$OUT/memcheck.log"
-timeout 100 python3 bench/model_throughput.py --out "$OUT/model_throughput.md" 2>&1 | tail -14
+timeout 300 python3 bench/model_throughput.py --compile-deit --out "$OUT/model_throughput.md" 2>&1 | tail -30
 timeout 70 python3 bench/train_throughput.py --steps 40 --out "$OUT/train_throughput_b128.json" 2>&1 | tail -2
 timeout 70 python3 bench/detection_throughput.py --model vim_small_patch16_224 --batch-size 8 --size 800 1216 \
   --amp bf16 --steps 6 --warmup 2 --out "$OUT/detection_throughput.json" 2>&1 | tail -2

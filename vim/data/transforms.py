@@ -144,6 +144,13 @@ def _timm_transform(settings: Dict[str, Any], aug_cfg: Dict, is_training: bool) 
         **common))
 
 
+def _without_albumentations(settings: Dict[str, Any], aug_cfg: Dict, is_training: bool):
+    """The pipeline of ``aug.backend`` timm or none."""
+    if aug_cfg['backend'] == 'timm':
+        return _timm_transform(settings, aug_cfg, is_training)
+    return PlainTransform(settings['img_size'], settings['mean'], settings['std'])
+
+
 def _randaugment_ops(A, magnitude: float):
     """RandAugment-like op list; ``magnitude`` on timm's 0..10 scale."""
     m = max(0.0, min(float(magnitude), 10.0)) / 10.0
@@ -166,10 +173,8 @@ def _randaugment_ops(A, magnitude: float):
 def build_train_transform(settings: Dict[str, Any], aug_cfg: Dict, in_chans: int = 3):
     """The training pipeline for ``settings`` (from :func:`resolve_data_settings`) and ``aug_cfg``."""
     size = settings['img_size']
-    if aug_cfg['backend'] == 'none':
-        return PlainTransform(size, settings['mean'], settings['std'])
-    if aug_cfg['backend'] == 'timm':
-        return _timm_transform(settings, aug_cfg, is_training=True)
+    if aug_cfg['backend'] != 'albumentations':
+        return _without_albumentations(settings, aug_cfg, is_training=True)
     A = _albumentations()
     interp = _cv2_interp(settings['interpolation'])
     ops = []
@@ -208,10 +213,8 @@ def build_train_transform(settings: Dict[str, Any], aug_cfg: Dict, in_chans: int
 def build_eval_transform(settings: Dict[str, Any], aug_cfg: Dict):
     """Resize the short side to ``floor(img_size / crop_pct)``, centre-crop ``img_size``, normalise."""
     size = settings['img_size']
-    if aug_cfg['backend'] == 'none':
-        return PlainTransform(size, settings['mean'], settings['std'])
-    if aug_cfg['backend'] == 'timm':
-        return _timm_transform(settings, aug_cfg, is_training=False)
+    if aug_cfg['backend'] != 'albumentations':
+        return _without_albumentations(settings, aug_cfg, is_training=False)
     A = _albumentations()
     interp = _cv2_interp(settings['interpolation'])
     scale_size = int(math.floor(size / settings['crop_pct']))

@@ -8,7 +8,7 @@ import vim  # noqa: F401  (registers the Vim models)
 from vim.checkpoint import CheckpointError
 from vim.detection import VimDetectionBackbone, vim_detection_backbone
 
-from conftest import TINY_MODEL, TINY_VIM
+from detection_cases import TINY_MODEL, TINY_VIM
 
 
 def _expected_grid(size, stride, divisor=32):

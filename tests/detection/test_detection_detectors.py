@@ -3,7 +3,7 @@ import torch
 
 from vim.detection import ShapesDataset, collate_detection, fasterrcnn_vim, maskrcnn_vim, retinanet_vim
 
-from conftest import TINY_MODEL
+from detection_cases import TINY_MODEL
 
 # torchvision's transform resizes so the short side is min_size: 100 and 120 px, not multiples of 16;
 # fewer proposals and RoI samples than the defaults (made for 800 px images) keep the CPU steps short

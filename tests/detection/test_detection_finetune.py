@@ -3,7 +3,7 @@ import torch
 
 from vim.detection import fasterrcnn_vim, freeze_backbone, param_groups_layer_decay
 
-from conftest import TINY_MODEL
+from detection_cases import TINY_MODEL
 
 
 @pytest.fixture

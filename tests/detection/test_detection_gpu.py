@@ -5,7 +5,7 @@ import torch
 
 from vim.detection import ShapesDataset, collate_detection, fasterrcnn_vim, vim_detection_backbone
 
-from conftest import TINY_MODEL
+from detection_cases import TINY_MODEL
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,7 +11,7 @@ from vim.detection.integrations import (
     MMDetVimBackbone, add_vim_config, register_available, register_detectron2, register_mmdet,
 )
 
-from conftest import TINY_MODEL, TINY_VIM
+from detection_cases import TINY_MODEL, TINY_VIM
 
 
 class FakeMMRegistry:

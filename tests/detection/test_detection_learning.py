@@ -10,7 +10,7 @@ from PIL import Image
 
 from vim.detection.demo import run_shapes_demo
 
-from conftest import TINY_MODEL
+from detection_cases import TINY_MODEL
 
 # thresholds on held-out images, AP at IoU 0.5
 MIN_AGNOSTIC_AP = 0.5  # the shapes are found (boxes right, whatever the class)

@@ -2,6 +2,7 @@
 
     python bench/model_throughput.py [--out results.md] [--json results.json] [--modes eager,graph]
                                      [--no-train] [--compile-deit] [--models ...] [--with-reference]
+                                     [--with-recompute]
 
 bf16 autocast. Inference at 224 px batch 256, 1248 px batch 8 and 2048 px batch 2, as eager calls and as
 replays of each model's forward recorded once as a CUDA graph (what the GPU does without the host's Python and
@@ -76,9 +77,10 @@ def train_step(model, images, num_classes=1000, compiled=False):
     return step
 
 
-def measure(name, size, batch, mode, backend=None, repeats=20):
-    """(img/s, peak GiB) of one model in one mode: 'eager', 'graph' or 'compile' inference, or 'train'."""
-    model = timm.create_model(name, img_size=size, num_classes=1000).cuda().eval()
+def measure(name, size, batch, mode, backend=None, repeats=20, **kwargs):
+    """(img/s, peak GiB) of one model (``kwargs`` for timm.create_model) in one mode: 'eager', 'graph' or
+    'compile' inference, or 'train'."""
+    model = timm.create_model(name, img_size=size, num_classes=1000, **kwargs).cuda().eval()
     images = torch.randn(batch, 3, size, size, device='cuda')
     backend_ctx = vim.kernels.use_backend(backend) if backend else contextlib.nullcontext()
     try:
@@ -117,6 +119,8 @@ def main():
     parser.add_argument('--no-train', action='store_true', help='skip the training steps')
     parser.add_argument('--compile-deit', action='store_true', help='also time DeiT under torch.compile')
     parser.add_argument('--with-reference', action='store_true', help='also time Vim on the PyTorch reference path')
+    parser.add_argument('--with-recompute', action='store_true',
+                        help='also train Vim with mixer_recompute=True (the fused mixer: less memory, slower)')
     args = parser.parse_args()
     env = environment()
     lines = [', '.join(f'{k} {v}' for k, v in env.items()) + '; bf16 autocast', '',
@@ -129,15 +133,17 @@ def main():
         deit = {}
         for name in args.models.split(','):
             is_deit = name.startswith('deit')
-            runs = [(mode, None)]
+            runs = [(mode, None, {})]
             if is_deit and args.compile_deit and mode == 'graph':
-                runs.append(('compile', None))
+                runs.append(('compile', None, {}))
             if not is_deit and args.with_reference:
-                runs.append((mode, 'reference'))
-            for run_mode, backend in runs:
-                label = 'fused attn' if is_deit else backend or 'triton'
+                runs.append((mode, 'reference', {}))
+            if not is_deit and args.with_recompute and mode == 'train':
+                runs.append((mode, None, dict(mixer_recompute=True)))
+            for run_mode, backend, kwargs in runs:
+                label = 'fused attn' if is_deit else (backend or 'triton') + (', recompute' if kwargs else '')
                 try:
-                    ips, peak = measure(name, size, batch, run_mode, backend)
+                    ips, peak = measure(name, size, batch, run_mode, backend, **kwargs)
                 except torch.cuda.OutOfMemoryError:
                     emit(lines, f'| {name} | {label} | {run_mode} | {size} | {batch} | OOM | | |')
                     continue

@@ -163,21 +163,31 @@ def mixer_core(
         A: torch.Tensor,
         D: torch.Tensor,
         dt_bias: torch.Tensor,
+        recompute: bool = False,
 ) -> torch.Tensor:
     """The core of a bimamba-v2 mixer, from in_proj's halves to what out_proj takes: both directions' conv + SiLU,
     x_proj (-> dt_low, B, C), dt_proj and scan, gated by silu(z) and averaged.
 
     Shapes: x, z (batch, L, E); conv_weight (2, E, W); conv_bias (2, E); x_proj_weight (2, E, R + 2N) and
     dt_proj_weight (2, R, E), laid out for bmm; A (2, E, N); D, dt_bias (2, E). Returns (batch, L, E).
+    ``recompute`` trades speed for memory on the Triton path (:mod:`.triton_mixer`); here autograd keeps what it
+    keeps either way.
     """
+    return composed_mixer_core(bidirectional_conv1d, bidirectional_scan, x, z, conv_weight, conv_bias,
+                               x_proj_weight, dt_proj_weight, A, D, dt_bias)
+
+
+def composed_mixer_core(conv1d, scan, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias):
+    """:func:`mixer_core` from a bidirectional conv1d and scan: this module's, or the Triton kernels' (each op
+    its own launch, the projections as bmm between them)."""
     batch, length, E = x.shape
     R, N = dt_proj_weight.shape[1], A.shape[-1]
-    u = bidirectional_conv1d(x, conv_weight, conv_bias)                 # (2, batch, L, E)
+    u = conv1d(x, conv_weight, conv_bias)                                 # (2, batch, L, E)
     x_dbl = torch.bmm(u.reshape(2, batch * length, E), x_proj_weight)
     dt, B, C = x_dbl.split([R, N, N], dim=-1)
     dt = torch.bmm(dt, dt_proj_weight)
-    return bidirectional_scan(u, dt.view(2, batch, length, E), A, B.view(2, batch, length, N),
-                              C.view(2, batch, length, N), D, z, dt_bias)
+    return scan(u, dt.view(2, batch, length, E), A, B.view(2, batch, length, N), C.view(2, batch, length, N), D, z,
+                dt_bias)
 
 
 def add_rms_norm(

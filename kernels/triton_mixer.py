@@ -1,5 +1,7 @@
 """Triton mixer core of a bimamba-v2 block: conv1d + SiLU -> x_proj -> dt_proj -> bidirectional scan -> gate.
 
+Two ways, chosen by ``recompute`` (:func:`mixer_core`): the ops composed, each its own launch (the default, the
+faster), or one fused op that keeps fewer activations (the memory-saving choice for training), described here.
 The same computation as :func:`.reference.mixer_core`, with fewer activations through memory. The forward runs
 the conv (transient), x_proj as one bmm over both directions, and the scan with its fused inputs
 (:mod:`.triton_scan`, FUSED_CONV and FUSED_DT): the scan recomputes conv + SiLU from the raw x and
@@ -17,8 +19,9 @@ import torch
 from torch import Tensor
 
 from .triton_common import check, grads_like, needs_grad, traced, unit_last_stride
-from .triton_conv1d import _check_x, _conv_backward, _conv_forward
-from .triton_scan import _launch_scan, _launch_scan_backward, _scan_outputs
+from .reference import composed_mixer_core
+from .triton_conv1d import _check_x, _conv_backward, _conv_forward, bidirectional_conv1d
+from .triton_scan import _launch_scan, _launch_scan_backward, _scan_outputs, bidirectional_scan
 
 
 def _x_dbl(x, x_proj_weight):
@@ -120,7 +123,11 @@ def _mixer_core_vjp(ctx, dout, _dckpt, _dy, _dx_dbl):
 mixer_core_op.register_autograd(_mixer_core_vjp, setup_context=_setup_mixer_core)
 
 
-def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias):
+def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, recompute=False):
+    """By default the unfused composition (:func:`.reference.composed_mixer_core` on the Triton conv1d and scan):
+    the faster mixer, with the conv output and dt kept for the backward. ``recompute=True`` runs the fused op,
+    which keeps neither (about a third of the memory kept for the backward) at a slower mixer, since the scan it
+    adds the conv and the dt projection to is bound by its arithmetic, not its memory (bench/bench_mixer.py)."""
     op = 'mixer_core'
     _check_x(op, x)
     batch, L, E = x.shape
@@ -133,6 +140,8 @@ def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D
                            ('dt_bias', dt_bias, (2, E))):
         check(op, name, t, shape, x.device)
     inputs = x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias
+    if not recompute:
+        return composed_mixer_core(bidirectional_conv1d, bidirectional_scan, *inputs)
     save = needs_grad(*inputs)
     run = mixer_core_op if save or traced(x) else _mixer_core_forward
     return run(*inputs, save)[0]

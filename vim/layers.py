@@ -149,6 +149,8 @@ class BiMambaMixer(nn.Module):
     SiLU, x_proj (-> dt_low, B, C), dt_proj and the selective scan; the backward branch does the same on
     the reversed sequence with its own ``*_b`` weights. Both are gated by silu(z) at the same positions,
     averaged ("divide out") and projected back by out_proj. Reversal is a kernel flag: no flipped copies.
+    ``recompute``: on the Triton path, the scan recomputes the conv output and dt instead of autograd keeping
+    them for the backward (less training memory, a slower mixer; see :func:`vim.kernels.mixer_core`).
     """
 
     def __init__(
@@ -161,11 +163,13 @@ class BiMambaMixer(nn.Module):
             dt_min: float = 0.001,
             dt_max: float = 0.1,
             dt_init_floor: float = 1e-4,
+            recompute: bool = False,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        self.recompute = recompute
         self.d_inner = expand * dim
         self.d_state = d_state
         self.dt_rank = dt_rank or math.ceil(dim / 16)
@@ -225,15 +229,15 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                       # (batch, L, E) each
-        # conv1d + SiLU -> x_proj -> dt_proj -> scan, gated and averaged: on the Triton backend one fused op that
-        # keeps neither the conv output nor dt for the backward (vim.kernels.triton_mixer)
-        return self.out_proj(mixer_core(x, z, *self.direction_params()))
+        # conv1d + SiLU -> x_proj -> dt_proj -> scan, gated and averaged (vim.kernels.triton_mixer on the GPU)
+        return self.out_proj(mixer_core(x, z, *self.direction_params(), recompute=self.recompute))
 
 
 class Block(nn.Module):
     """Add -> RMSNorm -> mixer. Takes and returns (hidden, residual); the residual is the running sum of
     every earlier output (float32), ``hidden`` the last mixer output, stochastic depth on ``hidden``.
-    ``d_state``, ``d_conv``, ``expand`` and ``dt_rank`` are the :class:`BiMambaMixer`'s."""
+    ``d_state``, ``d_conv``, ``expand``, ``dt_rank`` and ``mixer_recompute`` (its ``recompute``) are the
+    :class:`BiMambaMixer`'s."""
 
     def __init__(
             self,
@@ -245,12 +249,14 @@ class Block(nn.Module):
             d_conv: int = 4,
             expand: int = 2,
             dt_rank: Optional[int] = None,
+            mixer_recompute: bool = False,
             device=None,
             dtype=None,
     ):
         super().__init__()
         self.norm = RMSNorm(dim, norm_eps, residual_in_fp32, device=device, dtype=dtype)
-        self.mixer = BiMambaMixer(dim, d_state, d_conv, expand, dt_rank, device=device, dtype=dtype)
+        self.mixer = BiMambaMixer(dim, d_state, d_conv, expand, dt_rank, recompute=mixer_recompute, device=device,
+                                  dtype=dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(

@@ -77,6 +77,7 @@ class VisionMamba(nn.Module):
             d_conv: int = 4,
             expand: int = 2,
             dt_rank: Optional[int] = None,
+            mixer_recompute: bool = False,
             class_token: bool = True,
             residual_in_fp32: bool = True,
             norm_eps: float = 1e-5,
@@ -99,6 +100,8 @@ class VisionMamba(nn.Module):
             d_conv: kernel width of the mixer's causal depthwise conv.
             expand: the mixer's inner width as a multiple of ``embed_dim``.
             dt_rank: rank of the dt projection; None is ``ceil(embed_dim / 16)``.
+            mixer_recompute: on the Triton path, recompute each mixer's conv output and dt in its scan instead of
+                keeping them for the backward: less training memory, a slower step (docs/performance.md).
             dynamic_img_size: accept any image size >= the patch, resampling the position embedding.
             dynamic_img_pad: pad images at the bottom/right to the stride grid.
         """
@@ -130,7 +133,7 @@ class VisionMamba(nn.Module):
         rates = [0.0] + [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layers = nn.ModuleList([
             Block(embed_dim, rates[i], norm_eps, residual_in_fp32, d_state=d_state, d_conv=d_conv, expand=expand,
-                  dt_rank=dt_rank, **dd)
+                  dt_rank=dt_rank, mixer_recompute=mixer_recompute, **dd)
             for i in range(depth)])
         self.feature_info = [
             dict(module=f'layers.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]

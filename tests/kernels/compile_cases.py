@@ -58,17 +58,19 @@ def test_opcheck_conv1d(dtype, bias):
                                                bias, not bias])
 
 
-def mixer_inputs(dtype):
+def mixer_inputs(dtype, shape=MIXER_SHAPE):
     """The mixer core's tensor inputs as the model passes them: x and z the strided halves of in_proj's output."""
-    batch, L, E, N, R = MIXER_SHAPE
+    batch, L, E, N, R = shape
     xz, *weights = (t.to(DEVICE) for t in mixer_leaves(batch, L, E, N, R, dtype))
     return [xz[..., :E], xz[..., E:], *weights]
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
 def test_opcheck_mixer_core(dtype):
-    """vim::mixer_core with and without what the backward reads (save), and vim::mixer_core_backward."""
-    inputs = mixer_inputs(dtype)
+    """vim::mixer_core with and without what the backward reads (save), and vim::mixer_core_backward. At a
+    shape of one channel block and one segment: opcheck compares repeated runs exactly, and wider shapes sum
+    the scan's dB, dC and dA in fp32 atomics, whose order varies."""
+    inputs = mixer_inputs(dtype, shape=(2, 13, 12, 4, 3))
     for save in (True, False):
         opcheck(triton_mixer.mixer_core_op, [t.detach().requires_grad_(save) for t in inputs] + [save])
     inputs = [t.detach() for t in inputs]
@@ -77,16 +79,18 @@ def test_opcheck_mixer_core(dtype):
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
-def test_compile_mixer_core_fullgraph_matches_eager(dtype):
-    """The mixer core alone under torch.compile(fullgraph=True) against eager: the output with and without
-    autograd, and the gradient of every input."""
-    compiled = torch.compile(triton_mixer.mixer_core, backend=BACKEND, fullgraph=True)
+@pytest.mark.parametrize('recompute', [False, True])
+def test_compile_mixer_core_fullgraph_matches_eager(dtype, recompute):
+    """The mixer core alone, composed and fused, under torch.compile(fullgraph=True) against eager: the output
+    with and without autograd, and the gradient of every input."""
+    def eager(*inputs):
+        return triton_mixer.mixer_core(*inputs, recompute=recompute)
+    compiled = torch.compile(eager, backend=BACKEND, fullgraph=True)
     inputs = mixer_inputs(dtype)
     with torch.no_grad():
-        assert_close(compiled(*inputs).float(), triton_mixer.mixer_core(*inputs).double(), 1e-5,
-                     'inference output')
+        assert_close(compiled(*inputs).float(), eager(*inputs).double(), 1e-5, 'inference output')
     results = []
-    for fn in (compiled, triton_mixer.mixer_core):
+    for fn in (compiled, eager):
         leaves = [t.detach().requires_grad_() for t in inputs]
         out = fn(*leaves)
         results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
@@ -106,8 +110,9 @@ def test_opcheck_add_rms_norm(dtype, residual):
     opcheck(triton_rmsnorm.add_rms_norm_backward_op, [g, torch.randn(3, 5, 24), x.detach(), r, w.detach(), 1e-5])
 
 
-def tiny_vim():
-    return VisionMamba(img_size=32, patch_size=8, embed_dim=32, depth=2, num_classes=5).to(DEVICE)
+def tiny_vim(mixer_recompute=False):
+    return VisionMamba(img_size=32, patch_size=8, embed_dim=32, depth=2, num_classes=5,
+                       mixer_recompute=mixer_recompute).to(DEVICE)
 
 
 def params_and_grads(model, out, grad_out):
@@ -135,13 +140,20 @@ def compare_compiled(model, images, backend=BACKEND, tol=1e-5 if INTERPRET else 
                 assert_close(g.float(), r.double(), tol, f'grad of {name}')
 
 
-def test_compile_fullgraph_matches_eager():
-    model = tiny_vim()
+@pytest.mark.parametrize('mixer_recompute', [False, True])
+def test_compile_fullgraph_matches_eager(mixer_recompute):
+    model = tiny_vim(mixer_recompute)
     compare_compiled(model, [torch.randn(2, 3, 32, 32, device=DEVICE)])
 
 
 def exported_graph_ops(program):
     return {str(node.target) for node in program.graph.nodes if node.op == 'call_function'}
+
+
+def mixer_ops(model):
+    """The vim:: ops an exported model's mixers call: the fused op, or the conv1d and scan composed."""
+    recompute = model.layers[0].mixer.recompute
+    return {'vim.mixer_core.default'} if recompute else {'vim.conv1d.default', 'vim.scan.default'}
 
 
 def check_export(model, image, tol=1e-5):
@@ -151,7 +163,7 @@ def check_export(model, image, tol=1e-5):
     with use_backend('triton'), torch.no_grad():
         program = torch.export.export(model, (image,))
         targets = exported_graph_ops(program)
-        assert {'vim.mixer_core.default', 'vim.add_rms_norm.default'} <= targets, targets
+        assert mixer_ops(model) | {'vim.add_rms_norm.default'} <= targets, targets
         ref = model(image)
         assert_close(program.module()(image).float(), ref.double(), tol, 'exported output')
         buffer = io.BytesIO()
@@ -160,8 +172,9 @@ def check_export(model, image, tol=1e-5):
         assert_close(torch.export.load(buffer).module()(image).float(), ref.double(), tol, 'reloaded output')
 
 
-def test_export_runs_the_triton_ops():
-    check_export(tiny_vim().eval(), torch.randn(2, 3, 32, 32, device=DEVICE))
+@pytest.mark.parametrize('mixer_recompute', [False, True])
+def test_export_runs_the_triton_ops(mixer_recompute):
+    check_export(tiny_vim(mixer_recompute).eval(), torch.randn(2, 3, 32, 32, device=DEVICE))
 
 
 @gpu

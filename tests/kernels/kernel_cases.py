@@ -313,26 +313,6 @@ def test_add_rms_norm(dtype, shape, residual, residual_in_fp32):
 MIXER_SHAPE = (2, 11, 12, 4, 3) if INTERPRET else (4, 197, 384, 16, 12)   # batch, L, E, N, dt_rank
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_mixer_core_chain(dtype):
-    """The mixer's op chain as the model calls it (conv1d -> x_proj -> dt_proj -> scan, B/C/z as strided views):
-    the Triton path against the float64 reference path, values and the gradients of every weight."""
-    batch, L, E, N, R = MIXER_SHAPE
-    leaves = [torch.randn(batch, L, 2 * E, dtype=dtype), torch.randn(2, E, 4) * 0.5, torch.randn(2, E) * 0.1,
-              (torch.randn(2, R + 2 * N, E) / E ** 0.5).to(dtype), (torch.randn(2, E, R) / R ** 0.5).to(dtype),
-              -torch.exp(torch.randn(2, E, N) * 0.5), torch.randn(2, E), torch.randn(2, E) * 0.5 - 1.]
-
-    def run(module):
-        def mixer(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias):
-            u = module.bidirectional_conv1d(xz[..., :E], conv_w, conv_b)
-            dbc = torch.bmm(u.flatten(1, 2), w_x.transpose(1, 2).to(u.dtype)).view(2, batch, L, -1)
-            dt = torch.bmm(dbc[..., :R].flatten(1, 2), w_dt.transpose(1, 2).to(u.dtype)).view(2, batch, L, E)
-            return module.bidirectional_scan(u, dt, A, dbc[..., R:R + N], dbc[..., R + N:], D, xz[..., E:], dt_bias)
-        return mixer
-    names = ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A', 'D', 'dt_bias']
-    compare(run(triton_ops), run(reference), leaves, dtype, names)
-
-
 def mixer_leaves(batch, L, E, N, R, dtype):
     """Random mixer-core inputs: in_proj's output xz (x and z are its strided halves) and the projections'
     weights in ``dtype``, the conv, A, D and dt_bias in float32 (as a model under autocast has them)."""
@@ -344,31 +324,35 @@ def mixer_leaves(batch, L, E, N, R, dtype):
 MIXER_NAMES = ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A', 'D', 'dt_bias']
 
 
-def run_mixer_core(module, E):
-    return lambda xz, *weights: module.mixer_core(xz[..., :E], xz[..., E:], *weights)
+def run_mixer_core(module, E, recompute=False):
+    return lambda xz, *weights: module.mixer_core(xz[..., :E], xz[..., E:], *weights, recompute=recompute)
 
 
-@pytest.mark.parametrize('dtype, segmented', [(dtype, False) for dtype in DTYPES] +
-                         [(torch.float32, True), (torch.bfloat16, True)])
-def test_mixer_core(monkeypatch, dtype, segmented):
-    """The fused mixer core (the scan recomputing conv + SiLU and dt from the raw x and dt_low) against the
-    float64 reference composition, one segment and segmented: values, the gradients of every input, the output
-    without autograd, and what it keeps for the backward: nothing of the conv output's or dt's size."""
+@pytest.mark.parametrize('dtype, segmented, recompute',
+                         [(dtype, False, recompute) for dtype in DTYPES for recompute in (False, True)] +
+                         [(torch.float32, True, True), (torch.bfloat16, True, True)])
+def test_mixer_core(monkeypatch, dtype, segmented, recompute):
+    """The Triton mixer core, composed (each op its own launch) and fused (the scan recomputing conv + SiLU and
+    dt from the raw x and dt_low; also segmented), against the float64 reference composition, with x and z the
+    strided halves of in_proj's output: values, the gradients of every input, the output without autograd, and
+    what the fused op keeps for the backward: nothing of the conv output's or dt's size."""
     batch, L, E, N, R = MIXER_SHAPE
     if segmented:
         _segment_everything(monkeypatch)
         batch, L = SEG_SHAPES[-1][:2]
         assert triton_scan.launch_config(batch, L, E, torch.device(DEVICE))[3][1] > 2
     leaves = mixer_leaves(batch, L, E, N, R, dtype)
-    out, = compare(run_mixer_core(triton_ops, E), run_mixer_core(reference, E), leaves, dtype, MIXER_NAMES)
+    triton_mixer = run_mixer_core(triton_ops, E, recompute)
+    out, = compare(triton_mixer, run_mixer_core(reference, E), leaves, dtype, MIXER_NAMES)
     assert out.dtype == dtype
     leaves = [t.to(DEVICE) for t in leaves]
-    out = run_mixer_core(triton_ops, E)(leaves[0], *(t.requires_grad_() for t in leaves[1:]))
-    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
-    assert saved and max(t.numel() for t in saved) < 2 * batch * L * E, [tuple(t.shape) for t in saved]
+    if recompute:
+        out = triton_mixer(leaves[0], *(t.requires_grad_() for t in leaves[1:]))
+        saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+        assert saved and max(t.numel() for t in saved) < 2 * batch * L * E, [tuple(t.shape) for t in saved]
     leaves = [t.detach() for t in leaves]
     with torch.no_grad():
-        out = run_mixer_core(triton_ops, E)(*leaves)
+        out = triton_mixer(*leaves)
     assert_close(out, run_mixer_core(reference, E)(*(t.double() for t in leaves)), TOL[dtype], 'no-grad output')
 
 
@@ -382,12 +366,14 @@ def test_mixer_core_input_checks():
         triton_ops.mixer_core(xz[..., :E], xz[:, 1:, E:], *weights)
 
 
-def test_model_triton_matches_reference():
-    """The whole model, forward and backward, on the Triton path (its mixers on the fused mixer core) against the
+@pytest.mark.parametrize('mixer_recompute', [False, True])
+def test_model_triton_matches_reference(mixer_recompute):
+    """The whole model, forward and backward, on the Triton path (its mixers composed or fused) against the
     reference path (both float32): the logits and the gradient of every parameter."""
     from vim.kernels import use_backend
     from vim.vision_mamba import VisionMamba
-    model = VisionMamba(img_size=32, patch_size=16, embed_dim=16, depth=2, num_classes=5).to(DEVICE)
+    model = VisionMamba(img_size=32, patch_size=16, embed_dim=16, depth=2, num_classes=5,
+                        mixer_recompute=mixer_recompute).to(DEVICE)
     image = torch.randn(2, 3, 32, 32, device=DEVICE)
     grad_out = torch.randn(2, 5, device=DEVICE)
     results = {}

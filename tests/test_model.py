@@ -55,6 +55,18 @@ def test_mixer_hyperparameters_reach_every_block():
         vim.layers.Block(16, mixer_args={'d_state': 4})
 
 
+def test_mixer_recompute_reaches_every_block_and_keeps_the_result():
+    """mixer_recompute only changes what the Triton path keeps for the backward: the reference path (here) gives
+    the same logits either way, and the setting reaches every mixer, also through timm.create_model."""
+    torch.manual_seed(0)
+    plain = small()
+    recompute = small(mixer_recompute=True)
+    assert not any(b.mixer.recompute for b in plain.layers) and all(b.mixer.recompute for b in recompute.layers)
+    recompute.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(recompute(x), plain(x))
+
+
 def test_forward_features_head_and_pooling():
     model = small(num_classes=7).eval()
     x = torch.randn(2, 3, 224, 224)

@@ -126,8 +126,9 @@ mixer_core_op.register_autograd(_mixer_core_vjp, setup_context=_setup_mixer_core
 def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, recompute=False):
     """By default the unfused composition (:func:`.reference.composed_mixer_core` on the Triton conv1d and scan):
     the faster mixer, with the conv output and dt kept for the backward. ``recompute=True`` runs the fused op,
-    which keeps neither (about a third of the memory kept for the backward) at a slower mixer, since the scan it
-    adds the conv and the dt projection to is bound by its arithmetic, not its memory (bench/bench_mixer.py)."""
+    which keeps neither (about a third of the memory kept for the backward) at a 1.3x slower mixer: the conv and
+    the dt projection move into a scan limited by its arithmetic rather than its memory traffic
+    (bench/bench_mixer.py)."""
     op = 'mixer_core'
     _check_x(op, x)
     batch, L, E = x.shape

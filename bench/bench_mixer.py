@@ -1,13 +1,16 @@
-"""The mixer core on a GPU, fused (``recompute=True``, vim.kernels.triton_mixer: the scan recomputes conv + SiLU
-and dt) against the default unfused composition (conv1d -> x_proj -> dt_proj -> scan, each op its own launch):
-forward and forward + backward GPU time (CUDA-graph replay), the memory kept for the backward and the peak, and
-two floors: the bytes that must cross memory (over the copy bandwidth measured in the same run) and the scan's
-exponentials (over the special-function units' rate at the peak SM clock).
+"""The mixer core on a GPU, its three ways: the default op (vim.kernels.triton_mixer: conv1d -> x_proj -> dt_proj
+-> scan with a written-out backward, the conv output and dt kept), the same op with ``recompute=True`` (the scan
+recomputes conv + SiLU and dt, in both passes), and the plain autograd composition of the separate Triton conv1d
+and scan ops (reference.composed_mixer_core): forward and forward + backward GPU time (CUDA-graph replay), the
+memory kept for the backward and the peak, and two floors: the bytes that must cross memory (over the copy
+bandwidth measured in the same run) and the scan's exponentials (over the special-function units' rate at the
+peak SM clock).
 
-    python bench/bench_mixer.py [--shapes 0,1] [--eager]
+    python bench/bench_mixer.py [--shapes 0,1] [--eager] [--profile]
 
 Vim-Tiny width (E = 384), bf16 activations and projection weights, fp32 conv, A, D, dt_bias; a few minutes on
-an H100. Each shape also checks that the two paths agree (output and input gradients).
+an H100. Each shape also checks that the paths agree (output and input gradients). --profile adds, per shape
+and path, torch.profiler's kernels of a forward + backward sorted by GPU time: where the mixer's time goes.
 """
 import argparse
 import functools
@@ -15,9 +18,11 @@ import platform
 
 import torch
 import triton
+from torch.profiler import ProfilerActivity, profile
 
 import bench_kernels
 from bench_kernels import N, copy_bandwidth, fwd_bwd, mixer_core, timed
+from vim.kernels import reference, triton_ops
 
 MUFU_PER_CLOCK = 16     # exp2 results per clock per SM on sm_90
 
@@ -25,9 +30,14 @@ SHAPES = [('Vim-Tiny 224px', 128, 197, 384), ('Vim-Tiny 1248px', 8, 6085, 384)]
 
 
 def paths(batch, L, E):
-    """(unfused fn, fused fn, inputs); each fn(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias) -> (batch, L, E)."""
-    unfused, params = mixer_core(batch, L, E, official=False)
-    return unfused, functools.partial(unfused, recompute=True), params
+    """({path: fn}, inputs); each fn(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias) -> (batch, L, E)."""
+    op, params = mixer_core(batch, L, E, official=False)
+
+    def autograd(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias):
+        return reference.composed_mixer_core(
+            triton_ops.bidirectional_conv1d, triton_ops.bidirectional_scan, xz[..., :E], xz[..., E:], conv_w, conv_b,
+            w_x.transpose(1, 2), w_dt.transpose(1, 2), A, D, dt_bias)
+    return {'op': op, 'recompute': functools.partial(op, recompute=True), 'autograd': autograd}, params
 
 
 def floors(batch, L, E, bandwidth):
@@ -58,22 +68,42 @@ def memory(fn, params):
     return kept / 2 ** 20, peak / 2 ** 20
 
 
-def agree(unfused, fused, params):
-    """Largest relative error of the fused path's output and input gradients against the unfused path's."""
+def agree(fn, baseline, params):
+    """Largest relative error of fn's output and input gradients against the baseline's."""
     results = []
-    for fn in (unfused, fused):
+    for f in (fn, baseline):
         leaves = [t.detach().requires_grad_() for t in params]
-        out = fn(*leaves)
+        out = f(*leaves)
         grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
         results.append([out, *grads])
     return max(((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
-               for a, b in zip(results[1], results[0]))
+               for a, b in zip(results[0], results[1]))
+
+
+def kernel_table(fn, params, runs=5, rows=25):
+    """torch.profiler's kernels of ``runs`` forward + backward runs, GPU time per run, largest first."""
+    run = fwd_bwd(fn, params)
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            run()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    kernels.sort(key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in kernels) / 1e3 / runs
+    lines = [f'GPU time {total:.3f} ms per forward + backward', '| kernel | calls per run | ms per run |',
+             '| --- | --- | --- |']
+    lines += [f'| {e.key[:90]} | {e.count / runs:g} | {e.self_device_time_total / 1e3 / runs:.3f} |'
+              for e in kernels[:rows]]
+    return '\n'.join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--shapes', default=None, help='indices into SHAPES, e.g. 0,1 (default: all)')
     parser.add_argument('--eager', action='store_true', help='time Python calls instead of CUDA-graph replays')
+    parser.add_argument('--profile', action='store_true', help="also list each path's kernels (torch.profiler)")
     args = parser.parse_args()
     bench_kernels.GRAPH = not args.eager
     print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, '
@@ -81,24 +111,29 @@ def main():
     shapes = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(',')]
     bandwidth = copy_bandwidth()
     print(f'copy bandwidth {bandwidth / 1e12:.2f} TB/s')
-    print('| shape | path | fwd ms | fwd+bwd ms | kept for bwd MiB | peak fwd+bwd MiB | rel. diff vs unfused |')
+    print('| shape | path | fwd ms | fwd+bwd ms | kept for bwd MiB | peak fwd+bwd MiB | rel. diff vs op |')
     print('| --- | --- | --- | --- | --- | --- | --- |')
     for name, batch, L, E in shapes:
-        unfused, fused, params = paths(batch, L, E)
-        diff = agree(unfused, fused, params)
+        fns, params = paths(batch, L, E)
+        shape = f'{name} b{batch} L{L}'
         times = {}
-        for label, fn in (('unfused', unfused), ('fused', fused)):
+        for label, fn in fns.items():
             fwd = timed(lambda: fn(*params))
             fb = timed(fwd_bwd(fn, params))
             kept, peak = memory(fn, params)
             times[label] = (fwd, fb)
-            print(f'| {name} b{batch} L{L} | {label} | {fwd:.3f} | {fb:.3f} | {kept:.1f} | {peak:.1f} | '
-                  f'{"-" if label == "unfused" else f"{diff:.1e}"} |', flush=True)
-        (uf, ub), (ff, fb) = times['unfused'], times['fused']
-        print(f'| {name} b{batch} L{L} | fused speed-up | {uf / ff:.2f}x | {ub / fb:.2f}x | | | |', flush=True)
+            diff = '-' if label == 'op' else f'{agree(fn, fns["op"], params):.1e}'
+            print(f'| {shape} | {label} | {fwd:.3f} | {fb:.3f} | {kept:.1f} | {peak:.1f} | {diff} |', flush=True)
+        of, ob = times['op']
+        for label in ('recompute', 'autograd'):
+            f, b = times[label]
+            print(f'| {shape} | op speed-up over {label} | {f / of:.2f}x | {b / ob:.2f}x | | | |', flush=True)
         for label, (floor_f, floor_fb) in zip(('byte floor', 'exp floor'), floors(batch, L, E, bandwidth)):
-            print(f'| {name} b{batch} L{L} | {label} (unfused at) | {floor_f:.3f} ({floor_f / uf:.0%}) | '
-                  f'{floor_fb:.3f} ({floor_fb / ub:.0%}) | | | |', flush=True)
+            print(f'| {shape} | {label} (op at) | {floor_f:.3f} ({floor_f / of:.0%}) | '
+                  f'{floor_fb:.3f} ({floor_fb / ob:.0%}) | | | |', flush=True)
+        if args.profile:
+            for label, fn in fns.items():
+                print(f'\n{shape}, {label}:\n{kernel_table(fn, params)}\n', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,17 +1,22 @@
 """Triton mixer core of a bimamba-v2 block: conv1d + SiLU -> x_proj -> dt_proj -> bidirectional scan -> gate.
 
-Two ways, chosen by ``recompute`` (:func:`mixer_core`): the ops composed, each its own launch (the default, the
-faster), or one fused op that keeps fewer activations (the memory-saving choice for training), described here.
-The same computation as :func:`.reference.mixer_core`, with fewer activations through memory. The forward runs
-the conv (transient), x_proj as one bmm over both directions, and the scan with its fused inputs
-(:mod:`.triton_scan`, FUSED_CONV and FUSED_DT): the scan recomputes conv + SiLU from the raw x and
-dt = dt_low @ dt_proj^T in its tiles, so neither the conv output nor the full-width dt, (2, batch, L, E) each, is
-kept for the backward. The backward runs the scan's backward on the same fused inputs (-> d conv output, d dt),
-the two projections' gradients as bmms, the conv once more (transient, for x_proj's weight gradient) and the
-conv's backward.
+The same computation as :func:`.reference.mixer_core`, as one PyTorch custom op (``vim::mixer_core``, with
+``vim::mixer_core_backward``, opaque to torch.compile and torch.export like the scan's) whose backward is written
+out rather than left to autograd over the pieces: the gradient that reaches the conv output from x_proj is added
+onto the scan's in place (baddbmm), and one autograd node replaces a dozen, which matters where the host sets
+the pace (small images, eager training).
 
-Forward and backward are PyTorch custom ops (``vim::mixer_core``, ``vim::mixer_core_backward``), opaque to
-torch.compile and torch.export like the scan's; the forward op carries the autograd formula.
+The forward runs the conv, x_proj as one bmm over both directions, and the scan. Two ways, chosen by
+``recompute`` (:func:`mixer_core`):
+
+- ``recompute=False`` (the default, the faster): dt_proj as a bmm, the scan on the conv output u and the
+  full-width dt, both kept for the backward. The backward runs the scan's backward on them.
+- ``recompute=True`` (less training memory): the scan takes its fused inputs (:mod:`.triton_scan`, FUSED_CONV
+  and FUSED_DT) and recomputes conv + SiLU from the raw x and dt = dt_low @ dt_proj^T in its tiles, so neither
+  u nor dt, (2, batch, L, E) each, is kept; the backward recomputes them the same way, and u once more for
+  x_proj's weight gradient.
+
+Either backward then takes the projections' gradients as bmms and ends with the conv's backward.
 """
 from typing import Tuple
 
@@ -19,14 +24,21 @@ import torch
 from torch import Tensor
 
 from .triton_common import check, grads_like, needs_grad, traced, unit_last_stride
-from .reference import composed_mixer_core
-from .triton_conv1d import _check_x, _conv_backward, _conv_forward, bidirectional_conv1d
-from .triton_scan import _launch_scan, _launch_scan_backward, _scan_outputs, bidirectional_scan
+from .triton_conv1d import _check_x, _conv_backward, _conv_forward
+from .triton_scan import _launch_scan, _launch_scan_backward, _scan_outputs
 
 
 def _x_dbl(x, x_proj_weight):
     """x_proj's output for both directions, (2, batch, L, R + 2N) in x's dtype: dt_low, B and C side by side."""
     return torch.empty((2, *x.shape[:2], x_proj_weight.shape[-1]), dtype=x.dtype, device=x.device)
+
+
+def _kept(x, keep):
+    """Tensors of the shapes of the conv output u and the full-width dt as the forward returns them: (2, batch,
+    L, E) each when it keeps them for the backward, else empty."""
+    if not keep:
+        return x.new_empty(0), x.new_empty(0)
+    return tuple(torch.empty((2, *x.shape), dtype=x.dtype, device=x.device) for _ in range(2))
 
 
 def _split(x_dbl, R, N):
@@ -40,44 +52,55 @@ def _fused(conv_weight, conv_bias, dt_proj_weight):
 
 
 def _mixer_core_forward(x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Tensor, x_proj_weight: Tensor,
-                        dt_proj_weight: Tensor, A: Tensor, D: Tensor, dt_bias: Tensor,
-                        save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                        dt_proj_weight: Tensor, A: Tensor, D: Tensor, dt_bias: Tensor, save: bool,
+                        recompute: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (the gated, averaged output (batch, L, E), the scan's checkpoints, its y before the gate, x_proj's
-    output x_dbl); with ``save`` (autograd will call the backward) the scan also stores what its backward reads,
-    which :func:`_mixer_core_backward` takes with the inputs."""
+    output x_dbl, the conv output u, the full-width dt); with ``save`` (autograd will call the backward) the
+    scan also stores what its backward reads, and u and dt are kept unless ``recompute`` (else they are empty).
+    :func:`_mixer_core_backward` takes all of them with the inputs."""
     x = unit_last_stride(x)
     batch, L, E = x.shape
     R, N = dt_proj_weight.shape[1], A.shape[-1]
+    rows = 2, batch * L
     x_dbl = _x_dbl(x, x_proj_weight)
-    u = _conv_forward(x, conv_weight, conv_bias, True, False)              # (2, batch, L, E), transient
-    torch.bmm(u.view(2, batch * L, E), x_proj_weight.to(u.dtype), out=x_dbl.view(2, batch * L, R + 2 * N))
-    del u
+    u = _conv_forward(x, conv_weight, conv_bias, True, False)              # (2, batch, L, E)
+    torch.bmm(u.view(*rows, E), x_proj_weight.to(u.dtype), out=x_dbl.view(*rows, R + 2 * N))
     dt_low, B, C = _split(x_dbl, R, N)
-    out, ckpt, y = _launch_scan(x, dt_low, A, B, C, D, z, dt_bias, True, False, save,
-                                _fused(conv_weight, conv_bias, dt_proj_weight))
-    return out, ckpt, y, x_dbl
+    if recompute:
+        del u                                                              # transient: the scan recomputes it
+        out, ckpt, y = _launch_scan(x, dt_low, A, B, C, D, z, dt_bias, True, False, save,
+                                    _fused(conv_weight, conv_bias, dt_proj_weight))
+        return (out, ckpt, y, x_dbl, *_kept(x, False))
+    dt = torch.bmm(dt_low.reshape(*rows, R), dt_proj_weight.to(x_dbl.dtype)).view(2, batch, L, E)
+    out, ckpt, y = _launch_scan(u, dt, A, B, C, D, z, dt_bias, True, False, save)
+    return (out, ckpt, y, x_dbl, *((u, dt) if save else _kept(x, False)))
 
 
 def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Tensor,
                          x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor, D: Tensor, dt_bias: Tensor,
-                         ckpt: Tensor, y: Tensor, x_dbl: Tensor
+                         ckpt: Tensor, y: Tensor, x_dbl: Tensor, u: Tensor, dt: Tensor
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of every tensor input of :func:`_mixer_core_forward`, in its order (x, z, conv weight and bias,
     x_proj and dt_proj weights, A, D, dt_bias), each in its input's dtype, from the gradient of the output and
-    the checkpoints, y and x_dbl the forward returned."""
+    what the forward returned besides it (u and dt empty: the forward ran with ``recompute``)."""
     x = unit_last_stride(x)
     batch, L, E = x.shape
     R, N = dt_proj_weight.shape[1], A.shape[-1]
-    dt_low, B, C = _split(x_dbl, R, N)
-    du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
-        dout, x, dt_low, A, B, C, D, z, dt_bias, ckpt, y, True, False, _fused(conv_weight, conv_bias, dt_proj_weight))
     rows = 2, batch * L
+    dt_low, B, C = _split(x_dbl, R, N)
+    if u.numel():
+        du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
+            dout, u, dt, A, B, C, D, z, dt_bias, ckpt, y, True, False)
+    else:
+        du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
+            dout, x, dt_low, A, B, C, D, z, dt_bias, ckpt, y, True, False,
+            _fused(conv_weight, conv_bias, dt_proj_weight))
+        u = _conv_forward(x, conv_weight, conv_bias, True, False)           # recomputed for x_proj's weight grad
     ddt = ddt.view(*rows, E)
     w_dt = dt_proj_weight.to(ddt.dtype)
     dx_dbl = torch.cat([torch.bmm(ddt, w_dt.transpose(1, 2)), dB.view(*rows, -1), dC.view(*rows, -1)], -1)
     dw_dt = torch.bmm(dt_low.reshape(*rows, R).transpose(1, 2), ddt)
-    u = _conv_forward(x, conv_weight, conv_bias, True, False).view(*rows, E)   # recomputed, transient
-    dw_x = torch.bmm(u.transpose(1, 2), dx_dbl)
+    dw_x = torch.bmm(u.view(*rows, E).transpose(1, 2), dx_dbl)
     del u
     du = du.view(*rows, E).baddbmm_(dx_dbl, x_proj_weight.to(dx_dbl.dtype).transpose(1, 2)).view(2, batch, L, E)
     dx, dconv_w, dconv_b = _conv_backward(du, x, conv_weight, conv_bias, True, False)
@@ -88,45 +111,44 @@ def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor
 mixer_core_op = torch.library.custom_op('vim::mixer_core', _mixer_core_forward, mutates_args=())
 
 
-# The fake implementations allocate through the same helpers as the real ones (_x_dbl, _scan_outputs,
+# The fake implementations allocate through the same helpers as the real ones (_x_dbl, _kept, _scan_outputs,
 # grads_like), so shapes, dtypes and strides agree.
 @mixer_core_op.register_fake
-def _mixer_core_fake(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, save):
+def _mixer_core_fake(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, save, recompute):
     x_dbl = _x_dbl(x, x_proj_weight)
-    return (*_scan_outputs(x, x_dbl, A, z, save), x_dbl)
+    return (*_scan_outputs(x, x_dbl, A, z, save), x_dbl, *_kept(x, save and not recompute))
 
 
 mixer_core_backward_op = torch.library.custom_op('vim::mixer_core_backward', _mixer_core_backward, mutates_args=())
 mixer_core_backward_op.register_fake(
-    lambda dout, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, ckpt, y, x_dbl:
+    lambda dout, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, ckpt, y, x_dbl, u, dt:
     grads_like(x, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias))
 
 
 def _setup_mixer_core(ctx, inputs, output):
-    *tensors, save = inputs
+    *tensors, save, _recompute = inputs
     if not save:
         raise RuntimeError('vim::mixer_core: called with save=False on inputs that need gradients; the backward '
                            'needs the checkpoints that save=True stores')
-    _, ckpt, y, x_dbl = output
-    ctx.mark_non_differentiable(ckpt, y, x_dbl)
-    ctx.set_materialize_grads(False)                         # no zero-filled gradients of ckpt, y and x_dbl
+    _, *kept = output
+    ctx.mark_non_differentiable(*kept)
+    ctx.set_materialize_grads(False)                         # no zero-filled gradients of what was kept
     # Through save_for_backward, not ctx attributes: non-reentrant activation checkpointing hooks in there.
-    ctx.save_for_backward(*tensors, ckpt, y, x_dbl)
+    ctx.save_for_backward(*tensors, *kept)
 
 
-def _mixer_core_vjp(ctx, dout, _dckpt, _dy, _dx_dbl):
+def _mixer_core_vjp(ctx, dout, *_kept_grads):
     if dout is None:
-        return (None,) * 10
-    return (*mixer_core_backward_op(dout, *ctx.saved_tensors), None)
+        return (None,) * 11
+    return (*mixer_core_backward_op(dout, *ctx.saved_tensors), None, None)
 
 
 mixer_core_op.register_autograd(_mixer_core_vjp, setup_context=_setup_mixer_core)
 
 
 def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, recompute=False):
-    """By default the unfused composition (:func:`.reference.composed_mixer_core` on the Triton conv1d and scan):
-    the faster mixer, with the conv output and dt kept for the backward. ``recompute=True`` runs the fused op,
-    which keeps neither (about a third of the memory kept for the backward) at a 1.3x slower mixer: the conv and
+    """``recompute=False``: the conv output and dt kept for the backward (the faster mixer). ``recompute=True``:
+    neither kept (about a third of the memory kept for the backward) at a 1.3x slower mixer, since the conv and
     the dt projection move into a scan limited by its arithmetic rather than its memory traffic
     (bench/bench_mixer.py)."""
     op = 'mixer_core'
@@ -141,8 +163,6 @@ def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D
                            ('dt_bias', dt_bias, (2, E))):
         check(op, name, t, shape, x.device)
     inputs = x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias
-    if not recompute:
-        return composed_mixer_core(bidirectional_conv1d, bidirectional_scan, *inputs)
     save = needs_grad(*inputs)
     run = mixer_core_op if save or traced(x) else _mixer_core_forward
-    return run(*inputs, save)[0]
+    return run(*inputs, save, bool(recompute))[0]

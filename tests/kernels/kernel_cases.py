@@ -332,10 +332,11 @@ def run_mixer_core(module, E, recompute=False):
                          [(dtype, False, recompute) for dtype in DTYPES for recompute in (False, True)] +
                          [(torch.float32, True, True), (torch.bfloat16, True, True)])
 def test_mixer_core(monkeypatch, dtype, segmented, recompute):
-    """The Triton mixer core, composed (each op its own launch) and fused (the scan recomputing conv + SiLU and
-    dt from the raw x and dt_low; also segmented), against the float64 reference composition, with x and z the
-    strided halves of in_proj's output: values, the gradients of every input, the output without autograd, and
-    what the fused op keeps for the backward: nothing of the conv output's or dt's size."""
+    """The Triton mixer core, keeping the conv output and dt for the backward or recomputing them (the scan
+    computing conv + SiLU and dt from the raw x and dt_low; also segmented), against the float64 reference
+    composition, with x and z the strided halves of in_proj's output: values, the gradients of every input, the
+    output without autograd, and what the op keeps for the backward: with recompute, nothing of the conv
+    output's or dt's size (2 x batch x L x E), else both."""
     batch, L, E, N, R = MIXER_SHAPE
     if segmented:
         _segment_everything(monkeypatch)
@@ -346,10 +347,10 @@ def test_mixer_core(monkeypatch, dtype, segmented, recompute):
     out, = compare(triton_mixer, run_mixer_core(reference, E), leaves, dtype, MIXER_NAMES)
     assert out.dtype == dtype
     leaves = [t.to(DEVICE) for t in leaves]
-    if recompute:
-        out = triton_mixer(leaves[0], *(t.requires_grad_() for t in leaves[1:]))
-        saved = [t for t in out.grad_fn.saved_tensors if t is not None]
-        assert saved and max(t.numel() for t in saved) < 2 * batch * L * E, [tuple(t.shape) for t in saved]
+    out = triton_mixer(leaves[0], *(t.requires_grad_() for t in leaves[1:]))
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+    full_width = [t for t in saved if t.numel() == 2 * batch * L * E]
+    assert len(full_width) == (0 if recompute else 2), [tuple(t.shape) for t in saved]
     leaves = [t.detach() for t in leaves]
     with torch.no_grad():
         out = triton_mixer(*leaves)

@@ -10,7 +10,7 @@ peak SM clock).
 
 Vim-Tiny width (E = 384), bf16 activations and projection weights, fp32 conv, A, D, dt_bias; a few minutes on
 an H100. Each shape also checks that the paths agree (output and input gradients). --profile adds, per shape
-and path, torch.profiler's kernels of a forward + backward sorted by GPU time: where the mixer's time goes.
+and path, the kernels of a forward + backward in launch order with their GPU times: where the mixer's time goes.
 """
 import argparse
 import functools
@@ -18,10 +18,10 @@ import platform
 
 import torch
 import triton
-from torch.profiler import ProfilerActivity, profile
 
 import bench_kernels
 from bench_kernels import N, copy_bandwidth, fwd_bwd, mixer_core, timed
+from profile_scan import kernel_times
 from vim.kernels import reference, triton_ops
 
 MUFU_PER_CLOCK = 16     # exp2 results per clock per SM on sm_90
@@ -80,23 +80,12 @@ def agree(fn, baseline, params):
                for a, b in zip(results[0], results[1]))
 
 
-def kernel_table(fn, params, runs=5, rows=25):
-    """torch.profiler's kernels of ``runs`` forward + backward runs, GPU time per run, largest first."""
-    run = fwd_bwd(fn, params)
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            run()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
-    kernels.sort(key=lambda e: -e.self_device_time_total)
-    total = sum(e.self_device_time_total for e in kernels) / 1e3 / runs
-    lines = [f'GPU time {total:.3f} ms per forward + backward', '| kernel | calls per run | ms per run |',
-             '| --- | --- | --- |']
-    lines += [f'| {e.key[:90]} | {e.count / runs:g} | {e.self_device_time_total / 1e3 / runs:.3f} |'
-              for e in kernels[:rows]]
-    return '\n'.join(lines)
+def kernel_table(fn, params, runs=5):
+    """The kernels of a forward + backward in launch order, mean GPU ms each (profile_scan.kernel_times)."""
+    kernels = kernel_times(fwd_bwd(fn, params), runs)
+    lines = [f'GPU time {sum(ms for _, ms in kernels):.3f} ms per forward + backward, {len(kernels)} kernels',
+             '| kernel | ms |', '| --- | --- |']
+    return '\n'.join(lines + [f'| {name[:90]} | {ms:.3f} |' for name, ms in kernels])
 
 
 def main():

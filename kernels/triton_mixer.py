@@ -101,7 +101,8 @@ def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor
     dx_dbl = torch.cat([torch.bmm(ddt, w_dt.transpose(1, 2)), dB.view(*rows, -1), dC.view(*rows, -1)], -1)
     dw_dt = torch.bmm(dt_low.reshape(*rows, R).transpose(1, 2), ddt)
     dw_x = torch.bmm(u.view(*rows, E).transpose(1, 2), dx_dbl)
-    del u
+    # Freed before the conv's backward allocates: the kept u and dt stay alive until this function returns.
+    del u, ddt
     du = du.view(*rows, E).baddbmm_(dx_dbl, x_proj_weight.to(dx_dbl.dtype).transpose(1, 2)).view(2, batch, L, E)
     dx, dconv_w, dconv_b = _conv_backward(du, x, conv_weight, conv_bias, True, False)
     return (dx, dz, dconv_w, dconv_b, dw_x.to(x_proj_weight.dtype), dw_dt.to(dt_proj_weight.dtype), dA, dD,

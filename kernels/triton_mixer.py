@@ -88,13 +88,11 @@ def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor
     R, N = dt_proj_weight.shape[1], A.shape[-1]
     rows = 2, batch * L
     dt_low, B, C = _split(x_dbl, R, N)
-    if u.numel():
-        du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
-            dout, u, dt, A, B, C, D, z, dt_bias, ckpt, y, True, False)
-    else:
-        du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
-            dout, x, dt_low, A, B, C, D, z, dt_bias, ckpt, y, True, False,
-            _fused(conv_weight, conv_bias, dt_proj_weight))
+    kept = u.numel() > 0
+    fused = None if kept else _fused(conv_weight, conv_bias, dt_proj_weight)
+    du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
+        dout, u if kept else x, dt if kept else dt_low, A, B, C, D, z, dt_bias, ckpt, y, True, False, fused)
+    if not kept:
         u = _conv_forward(x, conv_weight, conv_bias, True, False)           # recomputed for x_proj's weight grad
     ddt = ddt.view(*rows, E)
     w_dt = dt_proj_weight.to(ddt.dtype)

@@ -1,5 +1,6 @@
-"""Input checks shared by the Triton wrappers: a clear error before a kernel could read out of bounds."""
-from typing import Optional, Sequence, Tuple
+"""Shared by the Triton wrappers: input checks (a clear error before a kernel could read out of bounds), launch
+sizes, and how a custom op is called eagerly or while traced."""
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -48,9 +49,9 @@ def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
 
 def traced(x: torch.Tensor) -> bool:
     """Under torch.compile or torch.export (fake or functional tensors): the wrappers then call the registered
-    custom op, one opaque node to the tracer. In eager calls without autograd they call the launch function
-    itself, which skips the dispatcher's few microseconds per op (eager inference at small batches is bound by
-    the host: bench/host_overhead.py)."""
+    custom op, one opaque node to the tracer. Eager calls skip the dispatcher: with autograd through
+    :func:`eager_autograd`, without it by calling the launch function itself (eager inference at small batches
+    and eager training are bound by the host: bench/host_overhead.py)."""
     return torch.compiler.is_compiling() or type(x) is not torch.Tensor
 
 
@@ -60,3 +61,20 @@ def grads_like(empty_from: torch.Tensor, *inputs: Optional[torch.Tensor]) -> Tup
     through this, so the fake implementations match the real ones."""
     return tuple(empty_from.new_empty(0) if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
                  for t in inputs)
+
+
+def eager_autograd(op, forward: Callable, setup_context: Callable, vjp: Callable) -> Callable:
+    """Register ``vjp`` as the custom op's autograd formula (what torch.compile and torch.export trace) and return
+    the same formula as a torch.autograd.Function's ``apply`` around ``forward`` (the function the op wraps), for
+    eager calls with autograd: the custom op's dispatch in Python costs the host tens of microseconds per
+    forward + backward, and eager training of small images is bound by the host (bench/host_overhead.py)."""
+    op.register_autograd(vjp, setup_context=setup_context)
+    function = type(f'{forward.__name__}_function', (torch.autograd.Function,),
+                    dict(forward=staticmethod(forward), setup_context=staticmethod(setup_context),
+                         backward=staticmethod(vjp)))
+    return function.apply
+
+
+def call(op, launch: Callable, *args):
+    """``op(*args)`` while traced, else ``launch(*args)``, the function the op wraps, without the dispatcher."""
+    return (op if traced(args[0]) else launch)(*args)

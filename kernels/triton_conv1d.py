@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_common import cdiv, check, grads_like, needs_grad, traced, unit_last_stride
+from .triton_common import call, cdiv, check, eager_autograd, grads_like, needs_grad, traced, unit_last_stride
 from .triton_math import sigmoid
 
 
@@ -182,15 +182,15 @@ def _setup_conv(ctx, inputs, output):
 
 def _conv_vjp(ctx, dout):
     x, weight, bias = ctx.saved_tensors
-    dx, dw, dbias = conv1d_backward_op(dout, x, weight, bias, *ctx.flags)
+    dx, dw, dbias = call(conv1d_backward_op, _conv_backward, dout, x, weight, bias, *ctx.flags)
     return dx, dw, None if bias is None else dbias, None, None
 
 
-conv1d_op.register_autograd(_conv_vjp, setup_context=_setup_conv)
+conv1d_function = eager_autograd(conv1d_op, _conv_forward, _setup_conv, _conv_vjp)
 
 
 def _conv(x, weight, bias, silu, reverse):
-    run = conv1d_op if needs_grad(x, weight, bias) or traced(x) else _conv_forward
+    run = conv1d_op if traced(x) else conv1d_function if needs_grad(x, weight, bias) else _conv_forward
     return run(x, weight, bias, silu, reverse)
 
 

@@ -16,16 +16,18 @@ The forward runs the conv, x_proj as one bmm over both directions, and the scan.
   u nor dt, (2, batch, L, E) each, is kept; the backward recomputes them the same way, and u once more for
   x_proj's weight gradient.
 
-Either backward then takes the projections' gradients as bmms and ends with the conv's backward.
+Either backward then takes the projections' gradients (the activations' as bmms, the weights' as split-row
+sums, :mod:`.triton_weight_grad`) and ends with the conv's backward.
 """
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
-from .triton_common import check, grads_like, needs_grad, traced, unit_last_stride
+from .triton_common import call, check, eager_autograd, grads_like, needs_grad, traced, unit_last_stride
 from .triton_conv1d import _check_x, _conv_backward, _conv_forward
 from .triton_scan import _launch_scan, _launch_scan_backward, _scan_outputs
+from .triton_weight_grad import weight_grad
 
 
 def _x_dbl(x, x_proj_weight):
@@ -97,8 +99,8 @@ def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor
     ddt = ddt.view(*rows, E)
     w_dt = dt_proj_weight.to(ddt.dtype)
     dx_dbl = torch.cat([torch.bmm(ddt, w_dt.transpose(1, 2)), dB.view(*rows, -1), dC.view(*rows, -1)], -1)
-    dw_dt = torch.bmm(dt_low.reshape(*rows, R).transpose(1, 2), ddt)
-    dw_x = torch.bmm(u.view(*rows, E).transpose(1, 2), dx_dbl)
+    dw_dt = weight_grad(dt_low.reshape(*rows, R), ddt)
+    dw_x = weight_grad(u.view(*rows, E), dx_dbl)
     # Freed before the conv's backward allocates: the kept u and dt stay alive until this function returns.
     del u, ddt
     du = du.view(*rows, E).baddbmm_(dx_dbl, x_proj_weight.to(dx_dbl.dtype).transpose(1, 2)).view(2, batch, L, E)
@@ -139,10 +141,10 @@ def _setup_mixer_core(ctx, inputs, output):
 def _mixer_core_vjp(ctx, dout, *_kept_grads):
     if dout is None:
         return (None,) * 11
-    return (*mixer_core_backward_op(dout, *ctx.saved_tensors), None, None)
+    return (*call(mixer_core_backward_op, _mixer_core_backward, dout, *ctx.saved_tensors), None, None)
 
 
-mixer_core_op.register_autograd(_mixer_core_vjp, setup_context=_setup_mixer_core)
+mixer_core_function = eager_autograd(mixer_core_op, _mixer_core_forward, _setup_mixer_core, _mixer_core_vjp)
 
 
 def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, recompute=False):
@@ -163,5 +165,5 @@ def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D
         check(op, name, t, shape, x.device)
     inputs = x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias
     save = needs_grad(*inputs)
-    run = mixer_core_op if save or traced(x) else _mixer_core_forward
+    run = mixer_core_op if traced(x) else mixer_core_function if save else _mixer_core_forward
     return run(*inputs, save, bool(recompute))[0]

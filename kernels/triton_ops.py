@@ -6,7 +6,8 @@ program exported on this backend after ``import vim.kernels.triton_ops``.
 
 Kernel families: :mod:`.triton_scan` (selective and bidirectional scan), :mod:`.triton_conv1d` (depthwise
 causal conv1d + SiLU), :mod:`.triton_mixer` (the mixer core: conv, projections and scan, the conv output and dt
-recomputed in the scan), :mod:`.triton_rmsnorm` (residual add + RMSNorm). Inputs: CUDA tensors (or CPU tensors
+recomputed in the scan), :mod:`.triton_weight_grad` (its weight gradients), :mod:`.triton_rmsnorm` (residual add +
+RMSNorm). Inputs: CUDA tensors (or CPU tensors
 under ``TRITON_INTERPRET=1``) of float32, float16 or bfloat16; state and sums in float32.
 """
 from .triton_conv1d import bidirectional_conv1d, causal_conv1d

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_common import cdiv, check, grads_like, needs_grad, next_power_of_2, traced, unit_last_stride
+from .triton_common import (call, cdiv, check, eager_autograd, grads_like, needs_grad, next_power_of_2, traced,
+                            unit_last_stride)
 
 
 @triton.jit
@@ -117,11 +118,11 @@ def _setup_norm(ctx, inputs, output):
 
 def _norm_vjp(ctx, dout, dres_out):
     x, residual, weight = ctx.saved_tensors
-    dx, dres, dw = add_rms_norm_backward_op(dout, dres_out, x, residual, weight, ctx.eps)
+    dx, dres, dw = call(add_rms_norm_backward_op, _norm_backward, dout, dres_out, x, residual, weight, ctx.eps)
     return dx, None if residual is None else dres, dw, None, None
 
 
-add_rms_norm_op.register_autograd(_norm_vjp, setup_context=_setup_norm)
+add_rms_norm_function = eager_autograd(add_rms_norm_op, _norm_forward, _setup_norm, _norm_vjp)
 
 
 def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
@@ -131,5 +132,6 @@ def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
     check(op, 'x', x, x.shape, x.device)
     check(op, 'residual', residual, x.shape, x.device, optional=True)
     check(op, 'weight', weight, x.shape[-1:], x.device)
-    run = add_rms_norm_op if needs_grad(x, residual, weight) or traced(x) else _norm_forward
+    run = (add_rms_norm_op if traced(x) else add_rms_norm_function if needs_grad(x, residual, weight)
+           else _norm_forward)
     return run(x, residual, weight, float(eps), bool(residual_in_fp32))

@@ -21,7 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .triton_common import cdiv, check, grads_like, needs_grad, next_power_of_2, traced, unit_last_stride
+from .triton_common import (call, cdiv, check, eager_autograd, grads_like, needs_grad, next_power_of_2, traced,
+                            unit_last_stride)
 from .triton_scan_bwd import _dh_summary_kernel, _scan_bwd_kernel
 from .triton_scan_fwd import _scan_fwd_kernel
 
@@ -263,16 +264,16 @@ def _scan_vjp(ctx, dout, _dckpt, _dy):
     if dout is None:
         return (None,) * 11
     x, dt, A, B, C, D, z, dt_bias, ckpt, y = saved = ctx.saved_tensors
-    grads = scan_backward_op(dout, *saved, *ctx.flags)
+    grads = call(scan_backward_op, _scan_backward, dout, *saved, *ctx.flags)
     return (*(None if t is None else g for t, g in zip((x, dt, A, B, C, D, z, dt_bias), grads)), None, None, None)
 
 
-scan_op.register_autograd(_scan_vjp, setup_context=_setup_scan)
+scan_function = eager_autograd(scan_op, _scan_forward, _setup_scan, _scan_vjp)
 
 
 def _scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse):
     save = needs_grad(x, dt, A, B, C, D, z, dt_bias)
-    run = scan_op if save or traced(x) else _scan_forward
+    run = scan_op if traced(x) else scan_function if save else _scan_forward
     return run(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save)[0]
 
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vim.kernels import ops, reference, triton_conv1d, triton_math, triton_ops, triton_scan
+from vim.kernels import ops, reference, triton_conv1d, triton_math, triton_ops, triton_scan, triton_weight_grad
 
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 DEVICE = 'cpu' if INTERPRET else 'cuda'
@@ -34,6 +34,7 @@ def _setup(monkeypatch):
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, 'SEG_MIN_PROGRAMS', 1)   # unsegmented unless a test asks
         monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_T', 8)
         monkeypatch.setitem(triton_conv1d.CONV_CONFIG, 'BLOCK_E', 8)
+        monkeypatch.setitem(triton_weight_grad.WEIGHT_GRAD_CONFIG, 'BLOCK_M', 16)   # several row splits
     else:           # poison the allocator's cache so an unwritten output element shows as NaN
         torch.empty(1 << 26, device=DEVICE).fill_(float('nan'))
         torch.cuda.synchronize()
@@ -308,6 +309,24 @@ def test_add_rms_norm(dtype, shape, residual, residual_in_fp32):
         return lambda x, w, *r: module.add_rms_norm(x[..., 1:-1], r[0] if r else None, w, 1e-5, residual_in_fp32)
     out, new_residual = compare(run(triton_ops), run(reference), leaves, dtype, ['x', 'weight', 'residual'])
     assert out.dtype == dtype and new_residual.dtype == (torch.float32 if residual_in_fp32 else dtype)
+
+
+# rows M, K1 (a's channels, here a strided view), K2: the mixer's x_proj and dt_proj weight gradients at
+# Vim-Tiny b128 L197 on the GPU; masked channel tiles and a last split of fewer rows everywhere
+WEIGHT_GRAD_SHAPES = [(37, 12, 44), (50, 20, 12)] if INTERPRET else [(25216, 384, 44), (25216, 12, 384),
+                                                                      (1000, 768, 80)]
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('shape', WEIGHT_GRAD_SHAPES)
+def test_weight_grad(dtype, shape):
+    """a[d]^T b[d] summed over all rows, split across programs, against the float64 product; fp32 out."""
+    M, K1, K2 = shape
+    a = torch.randn(2, M, K1 + 7, dtype=dtype, device=DEVICE)[..., 3:3 + K1]
+    b = torch.randn(2, M, K2, dtype=dtype, device=DEVICE)
+    out = triton_weight_grad.weight_grad(a, b)
+    assert out.dtype == torch.float32
+    assert_close(out, torch.bmm(a.double().transpose(1, 2), b.double()), TOL[dtype] / 10, 'dW')
 
 
 MIXER_SHAPE = (2, 11, 12, 4, 3) if INTERPRET else (4, 197, 384, 16, 12)   # batch, L, E, N, dt_rank

@@ -41,7 +41,7 @@ def _weight_grad_kernel(a_ptr, b_ptr, part_ptr, M, K1, K2, rows_per_split, sa_d,
 
 # Rows per step of a program and programs per multiprocessor (two keep each busy while the other waits on
 # memory): the best over the mixer's shapes in bench/weight_grad_sweep.py (H100, bf16), 7-13x cuBLAS's bmm at
-# Vim-Tiny width, level with it to 1.2x at Vim-Small's, at 61-90% of the byte floor.
+# Vim-Tiny width, 0.96-1.18x at Vim-Small's, at 61-90% of the byte floor.
 WEIGHT_GRAD_CONFIG = dict(BLOCK_M=64, PROGRAMS_PER_SM=2, MAX_BLOCK_K=128, num_warps=8)
 
 

@@ -1,5 +1,6 @@
 """Shared by the Triton wrappers: input checks (a clear error before a kernel could read out of bounds), launch
 sizes, and how a custom op is called eagerly or while traced."""
+import functools
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -23,6 +24,12 @@ def check(op: str, name: str, tensor: Optional[torch.Tensor], shape: Sequence[in
                         f"bfloat16 (use backend='reference' for other dtypes)")
     if tuple(tensor.shape) != tuple(shape):
         raise ValueError(f'{op}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}')
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device, read once (an H100's 132 for the CPU interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
 
 
 def cdiv(a: int, b: int) -> int:

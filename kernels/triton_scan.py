@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .triton_common import (call, cdiv, check, eager_autograd, grads_like, needs_grad, next_power_of_2, traced,
+from .triton_common import (call, cdiv, sm_count, check, eager_autograd, grads_like, needs_grad, next_power_of_2, traced,
                             unit_last_stride)
 from .triton_scan_bwd import _dh_summary_kernel, _scan_bwd_kernel
 from .triton_scan_fwd import _scan_fwd_kernel
@@ -53,11 +53,6 @@ SCAN_CONFIG = dict(CKPT_TILES=16, STAGES=3, STAGES_BWD=None, STAGES_SEGMENTED_FW
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device):
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
-
-
-@functools.lru_cache(maxsize=None)
 def _unused(device):
     """A one-element fp32 buffer for the pointer arguments a launch does not read (the segment summaries of an
     unsegmented scan, the checkpoints of a scan without backward): no allocation per call."""
@@ -69,7 +64,7 @@ def _segments(cfg, programs, target, L, device):
     programs fill the GPU, else segments of whole checkpoint chunks, about ``target`` programs in all."""
     chunk = cfg['CKPT_TILES'] * BLOCK_T
     n_chunks = cdiv(L, chunk)
-    min_programs = cfg['SEG_MIN_PROGRAMS'] or 2 * _sm_count(device)
+    min_programs = cfg['SEG_MIN_PROGRAMS'] or 2 * sm_count(device)
     if programs >= min_programs or n_chunks < 2:
         return n_chunks * chunk, 1
     max_seg = cfg['SEG_MAX'] or max(2, math.isqrt(L // BLOCK_T))

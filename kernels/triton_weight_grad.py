@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_common import cdiv, next_power_of_2, unit_last_stride
+from .triton_common import cdiv, next_power_of_2, sm_count, unit_last_stride
 
 
 @triton.jit
@@ -45,10 +45,6 @@ def _weight_grad_kernel(a_ptr, b_ptr, part_ptr, M, K1, K2, rows_per_split, sa_d,
 WEIGHT_GRAD_CONFIG = dict(BLOCK_M=64, PROGRAMS_PER_SM=2, MAX_BLOCK_K=128, num_warps=8)
 
 
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 4
-
-
 def weight_grad(a: Tensor, b: Tensor) -> Tensor:
     """a (2, M, K1), b (2, M, K2), any row strides, unit stride along the last axis -> a[d]^T b[d] (2, K1, K2)
     in fp32: the gradient of the weight (K1, K2) of y = a @ W from the gradient b of y, per direction. fp32
@@ -59,7 +55,7 @@ def weight_grad(a: Tensor, b: Tensor) -> Tensor:
     cfg = WEIGHT_GRAD_CONFIG
     block_k1, block_k2 = (min(max(next_power_of_2(k), 16), cfg['MAX_BLOCK_K']) for k in (K1, K2))
     tiles = cdiv(K1, block_k1) * cdiv(K2, block_k2) * 2
-    splits = max(1, min(cdiv(cfg['PROGRAMS_PER_SM'] * _sm_count(a.device), tiles), cdiv(M, cfg['BLOCK_M'])))
+    splits = max(1, min(cdiv(cfg['PROGRAMS_PER_SM'] * sm_count(a.device), tiles), cdiv(M, cfg['BLOCK_M'])))
     rows_per_split = cdiv(cdiv(M, splits), cfg['BLOCK_M']) * cfg['BLOCK_M']
     splits = cdiv(M, rows_per_split)
     partial = torch.empty((splits, 2, K1, K2), dtype=torch.float32, device=a.device)

@@ -121,6 +121,29 @@ def test_inference_keeps_the_direction_stacks_until_a_parameter_changes():
     model(x).sum().backward()                                # nothing from inference mode reaches autograd
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_training_direction_stacks_match_plain_stacking_in_values_and_gradients(dtype):
+    """Eager training builds the stacks in one autograd node; its backward must be the stacking's own."""
+    from vim.layers import _stack_directions
+    mixer = small().layers[1].mixer.to(dtype)
+    params = [p for n, p in mixer.named_parameters() if not n.startswith(('in_proj', 'out_proj'))]
+    stacks = mixer.direction_params()
+    assert stacks[0].grad_fn is not None and type(stacks[0].grad_fn).__name__ == '_StackDirectionsBackward'
+    plain = _stack_directions(*(p for p in (
+        mixer.conv1d.weight, mixer.conv1d_b.weight, mixer.conv1d.bias, mixer.conv1d_b.bias, mixer.x_proj.weight,
+        mixer.x_proj_b.weight, mixer.dt_proj.weight, mixer.dt_proj_b.weight, mixer.A_log, mixer.A_b_log, mixer.D,
+        mixer.D_b, mixer.dt_proj.bias, mixer.dt_proj_b.bias)))
+    upstream = [torch.randn_like(s) for s in stacks]
+    for fast, ref in zip(stacks, plain):
+        assert fast.dtype == ref.dtype and fast.shape == ref.shape
+        torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+    fast_grads = torch.autograd.grad(stacks, params, upstream)
+    ref_grads = torch.autograd.grad(plain, params, upstream)
+    for p, fast, ref in zip(params, fast_grads, ref_grads):
+        assert fast.dtype == p.dtype and fast.shape == p.shape
+        torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+
+
 def test_drop_path_schedule_follows_released_vim():
     model = small(drop_path_rate=0.2, depth=5)
     rates = [getattr(layer.drop_path, 'drop_prob', 0.0) for layer in model.layers]

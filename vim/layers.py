@@ -20,12 +20,41 @@ from .kernels import add_rms_norm, mixer_core
 _STACKED = weakref.WeakKeyDictionary()
 
 
-def _eager_inference(param) -> bool:
-    """Autograd off, and not under torch.compile / export, TorchScript or FX tracing (which hands the module
-    proxies for its parameters): the case where stacks of parameters can be kept between calls."""
+def _eager(param) -> bool:
+    """Not under torch.compile / export, TorchScript or FX tracing (which hands the module proxies for its
+    parameters): the case where BiMambaMixer.direction_params may keep its stacks or build them in one node."""
     compiling = getattr(torch.compiler, 'is_compiling', lambda: False)()   # torch >= 2.3
-    return (not torch.is_grad_enabled() and isinstance(param, torch.Tensor) and not compiling
-            and not torch.jit.is_tracing())
+    return isinstance(param, torch.Tensor) and not compiling and not torch.jit.is_tracing()
+
+
+def _stack_directions(conv_w, conv_w_b, conv_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, A_log, A_b_log, D,
+                      D_b, dt_bias, dt_bias_b) -> Tuple[torch.Tensor, ...]:
+    """The forward and backward branches' parameters stacked along a new leading axis of 2 (see
+    BiMambaMixer.direction_params)."""
+    return (torch.stack((conv_w[:, 0], conv_w_b[:, 0])), torch.stack((conv_b, conv_b_b)),
+            torch.stack((x_proj, x_proj_b)).transpose(1, 2), torch.stack((dt_proj, dt_proj_b)).transpose(1, 2),
+            -torch.exp(torch.stack((A_log, A_b_log)).float()), torch.stack((D, D_b)), torch.stack((dt_bias, dt_bias_b)))
+
+
+class _StackDirections(torch.autograd.Function):
+    """:func:`_stack_directions` as one autograd node: the dozen stack, select, transpose and exp nodes it would
+    otherwise add per block cost eager training more host time than their microseconds of GPU work."""
+
+    @staticmethod
+    def forward(ctx, *params):
+        stacked = _stack_directions(*params)
+        ctx.save_for_backward(stacked[4])
+        ctx.dtypes = tuple(p.dtype for p in params)
+        return stacked
+
+    @staticmethod
+    def backward(ctx, d_conv_w, d_conv_b, d_x_proj, d_dt_proj, d_A, d_D, d_dt_bias):
+        A, = ctx.saved_tensors
+        d_A_log = d_A * A                                  # A = -exp(A_log)
+        grads = (d_conv_w.unsqueeze(2), d_conv_b, d_x_proj.transpose(1, 2), d_dt_proj.transpose(1, 2), d_A_log, d_D,
+                 d_dt_bias)
+        pairs = (g[i] for g in grads for i in range(2))   # in the order of the parameters
+        return tuple(g.to(dtype) for g, dtype in zip(pairs, ctx.dtypes))
 
 
 def grid_size(img_size: Tuple[int, int], patch_size: Tuple[int, int], stride: Tuple[int, int]) -> Tuple[int, int]:
@@ -209,23 +238,20 @@ class BiMambaMixer(nn.Module):
 
         With autograd off (eager inference) the stacks are kept until a parameter gets new storage or an in-place
         update (its data pointer or version changes): rebuilding them costs 10 small ops per block and call,
-        a good part of the host's time per batch where eager inference is host-bound (small batches)."""
-        pairs = ((self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]), (self.conv1d.bias, self.conv1d_b.bias),
-                 (self.x_proj.weight, self.x_proj_b.weight), (self.dt_proj.weight, self.dt_proj_b.weight),
-                 (self.A_log, self.A_b_log), (self.D, self.D_b), (self.dt_proj.bias, self.dt_proj_b.bias))
-        keep = _eager_inference(self.A_log)
-        if keep:
-            key = tuple((p.data_ptr(), p._version) for pair in pairs for p in pair)
-            key += (torch.is_inference_mode_enabled(),)
-            cached = _STACKED.get(self)
-            if cached is not None and cached[0] == key:
-                return cached[1]
-        conv_weight, conv_bias, x_proj, dt_proj, A_log, D, dt_bias = (torch.stack(pair) for pair in pairs)
-        stacked = (conv_weight, conv_bias, x_proj.transpose(1, 2), dt_proj.transpose(1, 2), -torch.exp(A_log.float()),
-                   D, dt_bias)
-        if keep:
-            _STACKED[self] = key, stacked
-        return stacked
+        a good part of the host's time per batch where eager inference is host-bound (small batches). In eager
+        training they are built by one autograd node (:class:`_StackDirections`) instead of a dozen."""
+        params = (self.conv1d.weight, self.conv1d_b.weight, self.conv1d.bias, self.conv1d_b.bias, self.x_proj.weight,
+                  self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.A_log, self.A_b_log, self.D,
+                  self.D_b, self.dt_proj.bias, self.dt_proj_b.bias)
+        if not _eager(self.A_log):
+            return _stack_directions(*params)
+        if torch.is_grad_enabled():
+            return _StackDirections.apply(*params)
+        key = tuple((p.data_ptr(), p._version) for p in params) + (torch.is_inference_mode_enabled(),)
+        cached = _STACKED.get(self)
+        if cached is None or cached[0] != key:
+            cached = _STACKED[self] = key, _stack_directions(*params)
+        return cached[1]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                       # (batch, L, E) each

@@ -21,8 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .triton_common import (call, cdiv, sm_count, check, eager_autograd, grads_like, needs_grad, next_power_of_2, traced,
-                            unit_last_stride)
+from .triton_common import (call, cdiv, check, eager_autograd, grads_like, needs_grad, next_power_of_2, sm_count,
+                            traced, unit_last_stride)
 from .triton_scan_bwd import _dh_summary_kernel, _scan_bwd_kernel
 from .triton_scan_fwd import _scan_fwd_kernel
 

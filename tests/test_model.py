@@ -129,10 +129,7 @@ def test_training_direction_stacks_match_plain_stacking_in_values_and_gradients(
     params = [p for n, p in mixer.named_parameters() if not n.startswith(('in_proj', 'out_proj'))]
     stacks = mixer.direction_params()
     assert stacks[0].grad_fn is not None and type(stacks[0].grad_fn).__name__ == '_StackDirectionsBackward'
-    plain = _stack_directions(*(p for p in (
-        mixer.conv1d.weight, mixer.conv1d_b.weight, mixer.conv1d.bias, mixer.conv1d_b.bias, mixer.x_proj.weight,
-        mixer.x_proj_b.weight, mixer.dt_proj.weight, mixer.dt_proj_b.weight, mixer.A_log, mixer.A_b_log, mixer.D,
-        mixer.D_b, mixer.dt_proj.bias, mixer.dt_proj_b.bias)))
+    plain = _stack_directions(*mixer.branch_params())
     upstream = [torch.randn_like(s) for s in stacks]
     for fast, ref in zip(stacks, plain):
         assert fast.dtype == ref.dtype and fast.shape == ref.shape

@@ -44,17 +44,16 @@ class _StackDirections(torch.autograd.Function):
     def forward(ctx, *params):
         stacked = _stack_directions(*params)
         ctx.save_for_backward(stacked[4])
-        ctx.dtypes = tuple(p.dtype for p in params)
+        ctx.A_log_dtype = params[8].dtype                  # A alone is cast (to fp32); the rest keep their dtypes
         return stacked
 
     @staticmethod
     def backward(ctx, d_conv_w, d_conv_b, d_x_proj, d_dt_proj, d_A, d_D, d_dt_bias):
         A, = ctx.saved_tensors
-        d_A_log = d_A * A                                  # A = -exp(A_log)
+        d_A_log = (d_A * A).to(ctx.A_log_dtype)            # A = -exp(A_log)
         grads = (d_conv_w.unsqueeze(2), d_conv_b, d_x_proj.transpose(1, 2), d_dt_proj.transpose(1, 2), d_A_log, d_D,
                  d_dt_bias)
-        pairs = (g[i] for g in grads for i in range(2))   # in the order of the parameters
-        return tuple(g.to(dtype) for g, dtype in zip(pairs, ctx.dtypes))
+        return tuple(g[i] for g in grads for i in range(2))   # in the order of the parameters
 
 
 def grid_size(img_size: Tuple[int, int], patch_size: Tuple[int, int], stride: Tuple[int, int]) -> Tuple[int, int]:
@@ -232,6 +231,13 @@ class BiMambaMixer(nn.Module):
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight.div_(math.sqrt(depth))
 
+    def branch_params(self) -> Tuple[torch.Tensor, ...]:
+        """Each direction-specific parameter, forward branch then backward branch of each kind, in the order
+        :func:`_stack_directions` takes them."""
+        return (self.conv1d.weight, self.conv1d_b.weight, self.conv1d.bias, self.conv1d_b.bias, self.x_proj.weight,
+                self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.A_log, self.A_b_log, self.D,
+                self.D_b, self.dt_proj.bias, self.dt_proj_b.bias)
+
     def direction_params(self) -> Tuple[torch.Tensor, ...]:
         """Both directions' parameters stacked as the bidirectional ops take them: conv weight (2, E, W) and bias,
         x_proj and dt_proj weights transposed for bmm, A = -exp(A_log) in fp32, D, dt_proj bias.
@@ -240,9 +246,7 @@ class BiMambaMixer(nn.Module):
         update (its data pointer or version changes): rebuilding them costs 10 small ops per block and call,
         a good part of the host's time per batch where eager inference is host-bound (small batches). In eager
         training they are built by one autograd node (:class:`_StackDirections`) instead of a dozen."""
-        params = (self.conv1d.weight, self.conv1d_b.weight, self.conv1d.bias, self.conv1d_b.bias, self.x_proj.weight,
-                  self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.A_log, self.A_b_log, self.D,
-                  self.D_b, self.dt_proj.bias, self.dt_proj_b.bias)
+        params = self.branch_params()
         if not _eager(self.A_log):
             return _stack_directions(*params)
         if torch.is_grad_enabled():

@@ -5,10 +5,12 @@ When that exceeds an op's GPU time at a real shape, the op is host-bound in eage
 without --graph times it so).
 
     python bench/host_overhead.py [--profile] [--out results.md]
-    python bench/host_overhead.py --wrapper-only        # any machine: the scan wrapper with its launches stubbed
+    python bench/host_overhead.py --wrapper-only        # any machine: the wrappers with their launches stubbed
 
---wrapper-only times the Python around the scan's launches on CPU tensors, the kernels replaced by no-ops: the
-checks, shapes, allocations and autograd plumbing that every call pays on top of Triton's own launch cost.
+--wrapper-only runs on CPU tensors with every kernel replaced by a no-op: the Python around the scan's launches
+(forward, and forward + backward: the checks, shapes, allocations and autograd plumbing that every call pays on
+top of Triton's own launch cost), and a whole Vim-Tiny training step, with its Triton launches and aten calls
+counted (on a GPU each aten call that is not a view is a kernel launch).
 --profile also prints cProfile's top entries for the forward+backward of the bidirectional scan and of
 add_rms_norm, with autograd's device threads off so that the backward runs where cProfile sees it.
 """
@@ -55,28 +57,88 @@ def ops(batch=2, L=16, E=64, N=16):
             ('add_rms_norm', lambda *t: triton_ops.add_rms_norm(*t)[0], [x, res, nw])]
 
 
-def wrapper_only():
-    """us per scan forward (with and without autograd) with both kernel launches replaced by no-ops."""
-    from vim.kernels import triton_scan
+class _NoLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` does nothing but count the launch."""
 
-    class NoLaunch:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: None
-    triton_scan._scan_fwd_kernel = triton_scan._scan_bwd_kernel = NoLaunch()
+    def __init__(self, counts, name):
+        self.counts, self.name = counts, name
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.counts[self.name] += 1
+        return launch
+
+
+def _host_ms(run, warmup, calls):
+    for _ in range(warmup):
+        run()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def wrapper_only():
+    """Host time with every Triton launch a no-op, on CPU tensors: the scan wrapper alone (forward with and without
+    autograd, forward + backward), and one eager training step of Vim-Tiny at 32 px (4 patches, batch 2; the
+    CPU's own work on such tensors is small next to the Python), with its launches and aten calls counted."""
+    import collections
+    import os
+
+    import timm
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import vim
+    from vim.kernels import triton_conv1d, triton_mixer, triton_rmsnorm, triton_scan, triton_weight_grad
+    launches = collections.Counter()
+    for module in (triton_conv1d, triton_mixer, triton_rmsnorm, triton_scan, triton_weight_grad):
+        for name in dir(module):
+            if name.endswith('_kernel'):
+                setattr(module, name, _NoLaunch(launches, name))
     batch, L, E, N = 2, 16, 64, 16
     x, dt, z = (torch.randn(batch, L, E).to(torch.bfloat16) for _ in range(3))
     B, C = (torch.randn(batch, L, N).to(torch.bfloat16) for _ in range(2))
-    leaves = [t.requires_grad_() for t in (x, dt, -torch.rand(E, N), B, C, torch.randn(E), z, torch.randn(E))]
-    run = (lambda: triton_scan.selective_scan(*leaves))
-    for label, grad in (('with autograd', True), ('no grad', False)):
+    inputs = [x, dt, -torch.rand(E, N), B, C, torch.randn(E), z, torch.randn(E)]
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    for label, grad, run in (('forward, with autograd', True, lambda: triton_scan.selective_scan(*leaves)),
+                             ('forward, no grad', False, lambda: triton_scan.selective_scan(*leaves)),
+                             ('forward + backward', True, fwd_bwd(triton_scan.selective_scan, inputs))):
         with torch.set_grad_enabled(grad):
-            for _ in range(100):
-                run()
-            start = time.perf_counter()
-            for _ in range(2000):
-                run()
-            print(f'selective_scan forward wrapper, launches stubbed, {label}: '
-                  f'{(time.perf_counter() - start) / 2000 * 1e6:.1f} us / call')
+            print(f'selective_scan wrapper, launches stubbed, {label}: {_host_ms(run, 100, 2000) * 1e3:.1f} us / call')
+
+    os.environ['TRITON_INTERPRET'] = '1'                     # lets the 'triton' backend take CPU tensors
+    model = timm.create_model('vim_tiny_patch16_224', img_size=32, num_classes=10).train()
+    images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+
+    def step():
+        with vim.kernels.use_backend('triton'):
+            F.cross_entropy(model(images), labels).backward()
+        model.zero_grad(set_to_none=True)
+
+    class CountCalls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+    step()
+    launches.clear()
+    with CountCalls() as aten:
+        step()
+    n_launches = sum(launches.values())
+    views = sum(n for op, n in aten.calls.items() if op.split('.')[1] in VIEW_OPS)
+    print(f'vim_tiny training step (forward + backward, 32 px, batch 2), launches stubbed: '
+          f'{_host_ms(step, 5, 30):.1f} ms host; {n_launches} Triton launches, '
+          f'{sum(aten.calls.values())} aten calls ({views} of them views)')
+    print('  most frequent aten calls: ' + ', '.join(f'{op} {n}' for op, n in aten.calls.most_common(12)))
+
+
+# aten ops that only make views or metadata (no kernel on a GPU)
+VIEW_OPS = {'view', 'detach', 'select', 't', 'slice', 'transpose', 'permute', 'unsqueeze', 'squeeze', 'expand',
+            '_unsafe_view', 'split', 'alias', 'as_strided', 'reshape', 'chunk', 'unbind'}
 
 
 def main():

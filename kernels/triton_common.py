@@ -55,10 +55,7 @@ def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
 
 
 def traced(x: torch.Tensor) -> bool:
-    """Under torch.compile or torch.export (fake or functional tensors): the wrappers then call the registered
-    custom op, one opaque node to the tracer. Eager calls skip the dispatcher: with autograd through
-    :func:`eager_autograd`, without it by calling the launch function itself (eager inference at small batches
-    and eager training are bound by the host: bench/host_overhead.py)."""
+    """Under torch.compile or torch.export (fake or functional tensors)."""
     return torch.compiler.is_compiling() or type(x) is not torch.Tensor
 
 
@@ -70,16 +67,30 @@ def grads_like(empty_from: torch.Tensor, *inputs: Optional[torch.Tensor]) -> Tup
                  for t in inputs)
 
 
-def eager_autograd(op, forward: Callable, setup_context: Callable, vjp: Callable) -> Callable:
-    """Register ``vjp`` as the custom op's autograd formula (what torch.compile and torch.export trace) and return
-    the same formula as a torch.autograd.Function's ``apply`` around ``forward`` (the function the op wraps), for
-    eager calls with autograd: the custom op's dispatch in Python costs the host tens of microseconds per
-    forward + backward, and eager training of small images is bound by the host (bench/host_overhead.py)."""
+def autograd_op(op, forward: Callable, setup_context: Callable, vjp: Callable) -> Callable:
+    """Register ``vjp`` as the custom op's autograd formula and return ``run(grad, *args)``, which calls
+
+    - the custom op while traced (torch.compile, torch.export): one opaque node to the tracer;
+    - else, when ``grad`` (autograd will want the backward), ``forward`` (the function the op wraps) inside a
+      torch.autograd.Function with the same formula;
+    - else ``forward`` itself.
+
+    Eager calls skip the dispatcher, whose Python costs the host tens of microseconds per forward + backward,
+    and eager training of small images is bound by the host (bench/host_overhead.py). The Function's forward
+    takes ``ctx`` and calls ``setup_context`` itself: a Function that defines setup_context instead binds its
+    arguments through inspect.signature on every call, several times the cost of the rest of ``apply``."""
     op.register_autograd(vjp, setup_context=setup_context)
+
+    def forward_saving(ctx, *args):
+        output = forward(*args)
+        setup_context(ctx, args, output)
+        return output
     function = type(f'{forward.__name__}_function', (torch.autograd.Function,),
-                    dict(forward=staticmethod(forward), setup_context=staticmethod(setup_context),
-                         backward=staticmethod(vjp)))
-    return function.apply
+                    dict(forward=staticmethod(forward_saving), backward=staticmethod(vjp)))
+
+    def run(grad: bool, *args):
+        return (op if traced(args[0]) else function.apply if grad else forward)(*args)
+    return run
 
 
 def call(op, launch: Callable, *args):

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_common import call, cdiv, check, eager_autograd, grads_like, needs_grad, traced, unit_last_stride
+from .triton_common import autograd_op, call, cdiv, check, grads_like, needs_grad, unit_last_stride
 from .triton_math import sigmoid
 
 
@@ -186,12 +186,11 @@ def _conv_vjp(ctx, dout):
     return dx, dw, None if bias is None else dbias, None, None
 
 
-conv1d_function = eager_autograd(conv1d_op, _conv_forward, _setup_conv, _conv_vjp)
+run_conv1d = autograd_op(conv1d_op, _conv_forward, _setup_conv, _conv_vjp)
 
 
 def _conv(x, weight, bias, silu, reverse):
-    run = conv1d_op if traced(x) else conv1d_function if needs_grad(x, weight, bias) else _conv_forward
-    return run(x, weight, bias, silu, reverse)
+    return run_conv1d(needs_grad(x, weight, bias), x, weight, bias, silu, reverse)
 
 
 def _check_x(op, x):

@@ -24,7 +24,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .triton_common import call, check, eager_autograd, grads_like, needs_grad, traced, unit_last_stride
+from .triton_common import autograd_op, call, check, grads_like, needs_grad, unit_last_stride
 from .triton_conv1d import _check_x, _conv_backward, _conv_forward
 from .triton_scan import _launch_scan, _launch_scan_backward, _scan_outputs
 from .triton_weight_grad import weight_grad
@@ -144,7 +144,7 @@ def _mixer_core_vjp(ctx, dout, *_kept_grads):
     return (*call(mixer_core_backward_op, _mixer_core_backward, dout, *ctx.saved_tensors), None, None)
 
 
-mixer_core_function = eager_autograd(mixer_core_op, _mixer_core_forward, _setup_mixer_core, _mixer_core_vjp)
+run_mixer_core = autograd_op(mixer_core_op, _mixer_core_forward, _setup_mixer_core, _mixer_core_vjp)
 
 
 def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, recompute=False):
@@ -165,5 +165,4 @@ def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D
         check(op, name, t, shape, x.device)
     inputs = x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias
     save = needs_grad(*inputs)
-    run = mixer_core_op if traced(x) else mixer_core_function if save else _mixer_core_forward
-    return run(*inputs, save, bool(recompute))[0]
+    return run_mixer_core(save, *inputs, save, bool(recompute))[0]

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_common import (call, cdiv, check, eager_autograd, grads_like, needs_grad, next_power_of_2, traced,
+from .triton_common import (autograd_op, call, cdiv, check, grads_like, needs_grad, next_power_of_2,
                             unit_last_stride)
 
 
@@ -122,7 +122,7 @@ def _norm_vjp(ctx, dout, dres_out):
     return dx, None if residual is None else dres, dw, None, None
 
 
-add_rms_norm_function = eager_autograd(add_rms_norm_op, _norm_forward, _setup_norm, _norm_vjp)
+run_add_rms_norm = autograd_op(add_rms_norm_op, _norm_forward, _setup_norm, _norm_vjp)
 
 
 def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
@@ -132,6 +132,4 @@ def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
     check(op, 'x', x, x.shape, x.device)
     check(op, 'residual', residual, x.shape, x.device, optional=True)
     check(op, 'weight', weight, x.shape[-1:], x.device)
-    run = (add_rms_norm_op if traced(x) else add_rms_norm_function if needs_grad(x, residual, weight)
-           else _norm_forward)
-    return run(x, residual, weight, float(eps), bool(residual_in_fp32))
+    return run_add_rms_norm(needs_grad(x, residual, weight), x, residual, weight, float(eps), bool(residual_in_fp32))

@@ -21,8 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .triton_common import (call, cdiv, check, eager_autograd, grads_like, needs_grad, next_power_of_2, sm_count,
-                            traced, unit_last_stride)
+from .triton_common import (autograd_op, call, cdiv, check, grads_like, needs_grad, next_power_of_2, sm_count,
+                            unit_last_stride)
 from .triton_scan_bwd import _dh_summary_kernel, _scan_bwd_kernel
 from .triton_scan_fwd import _scan_fwd_kernel
 
@@ -263,13 +263,12 @@ def _scan_vjp(ctx, dout, _dckpt, _dy):
     return (*(None if t is None else g for t, g in zip((x, dt, A, B, C, D, z, dt_bias), grads)), None, None, None)
 
 
-scan_function = eager_autograd(scan_op, _scan_forward, _setup_scan, _scan_vjp)
+run_scan = autograd_op(scan_op, _scan_forward, _setup_scan, _scan_vjp)
 
 
 def _scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse):
     save = needs_grad(x, dt, A, B, C, D, z, dt_bias)
-    run = scan_op if traced(x) else scan_function if save else _scan_forward
-    return run(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save)[0]
+    return run_scan(save, x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save)[0]
 
 
 def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, reverse=False):

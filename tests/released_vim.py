@@ -28,6 +28,35 @@ def _mamba_branch(x, z, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, D
     return torch.stack(ys, dim=-1) * F.silu(z)
 
 
+def released_layout(state_dict):
+    """The package's state dict under the released names and shapes: each mixer tensor that holds both directions
+    split into the forward branch's and the ``_b`` backward branch's, conv weights (E, 1, W), projection weights
+    (out, in) as nn.Linear keeps them."""
+    out = {}
+    for key, value in state_dict.items():
+        prefix, _, name = key.rpartition('.')
+        if '.mixer.' not in key or name == 'weight':          # not a mixer tensor, or in_proj's / out_proj's
+            out[key] = value
+            continue
+        prefix += '.'
+        for branch, suffix in ((0, ''), (1, '_b')):
+            v = value[branch]
+            if name == 'conv_weight':
+                out[prefix + 'conv1d' + suffix + '.weight'] = v[:, None, :]
+            elif name == 'conv_bias':
+                out[prefix + 'conv1d' + suffix + '.bias'] = v
+            elif name in ('x_proj_weight', 'dt_proj_weight'):
+                out[prefix + name[:-len('_weight')] + suffix + '.weight'] = v.T
+            elif name == 'dt_bias':
+                out[prefix + 'dt_proj' + suffix + '.bias'] = v
+            elif name == 'A_log':
+                out[prefix + 'A' + suffix + '_log'] = v
+            else:
+                assert name == 'D', key
+                out[prefix + 'D' + suffix] = v
+    return out
+
+
 def released_forward(state_dict, images, stride=16, pool='token'):
     """Logits of the released Vim (float64). ``state_dict`` uses the released parameter names."""
     sd = {k: v.double() for k, v in state_dict.items()}

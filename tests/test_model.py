@@ -44,13 +44,13 @@ def test_mixer_hyperparameters_reach_every_block():
     model = small(d_state=8, d_conv=3, expand=1, dt_rank=5)
     for block in model.layers:
         mixer = block.mixer
-        assert mixer.A_log.shape == mixer.A_b_log.shape == (32, 8)
-        assert mixer.conv1d.weight.shape == (32, 1, 3) and mixer.d_inner == 32
-        assert mixer.x_proj.weight.shape == (5 + 2 * 8, 32) and mixer.dt_proj_b.weight.shape == (32, 5)
+        assert mixer.A_log.shape == (2, 32, 8) and mixer.d_inner == 32          # both directions in each
+        assert mixer.conv_weight.shape == (2, 32, 3) and mixer.conv_bias.shape == mixer.D.shape == (2, 32)
+        assert mixer.x_proj_weight.shape == (2, 32, 5 + 2 * 8) and mixer.dt_proj_weight.shape == (2, 5, 32)
     x = torch.randn(2, 3, 224, 224)
     assert model(x).shape == (2, 1000)
     block = vim.layers.Block(16, d_state=4, expand=3)
-    assert block.mixer.A_log.shape == (48, 4) and block.mixer.dt_rank == 1
+    assert block.mixer.A_log.shape == (2, 48, 4) and block.mixer.dt_rank == 1
     with pytest.raises(TypeError):
         vim.layers.Block(16, mixer_args={'d_state': 4})
 
@@ -97,48 +97,22 @@ def test_gradients_reach_every_parameter():
     assert not missing, f'no gradient for {missing}'
 
 
-def test_inference_keeps_the_direction_stacks_until_a_parameter_changes():
-    model = small().eval()
-    mixer = model.layers[0].mixer
+def test_released_layout_loads_into_the_stacked_parameters():
+    """load_state_dict takes the released names (one tensor per direction) as well as ours, and gives the same
+    parameters and outputs; a state dict that mixes the two layouts is refused."""
+    from released_vim import released_layout
+    source, model = small().eval(), small().eval()
+    released = released_layout(source.state_dict())
+    assert 'layers.0.mixer.conv1d_b.weight' in released and 'layers.0.mixer.conv_weight' not in released
+    model.load_state_dict(released)
+    for (name, a), b in zip(model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b), name
     x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        first = model(x)
-        assert all(a is b for a, b in zip(mixer.direction_params(), mixer.direction_params()))
-        torch.testing.assert_close(model(x), first)
-        mixer.D_b.add_(0.5)                                  # an in-place update, as an optimizer step makes
-        updated = model(x)
-    assert not torch.allclose(updated, first)
-    torch.testing.assert_close(updated, model(x).detach())   # autograd on: stacks built afresh every call
-    fresh = small().eval()
-    with torch.no_grad():
-        model.load_state_dict(fresh.state_dict())            # copies into the same storage
-        loaded = model(x)
-    torch.testing.assert_close(loaded, fresh(x).detach())
-    with torch.inference_mode():
-        model(x)
-    stacks = mixer.direction_params()
-    assert stacks[0].grad_fn is not None and not stacks[0].is_inference()
-    model(x).sum().backward()                                # nothing from inference mode reaches autograd
-
-
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_training_direction_stacks_match_plain_stacking_in_values_and_gradients(dtype):
-    """Eager training builds the stacks in one autograd node; its backward must be the stacking's own."""
-    from vim.layers import _stack_directions
-    mixer = small().layers[1].mixer.to(dtype)
-    params = [p for n, p in mixer.named_parameters() if not n.startswith(('in_proj', 'out_proj'))]
-    stacks = mixer.direction_params()
-    assert stacks[0].grad_fn is not None and type(stacks[0].grad_fn).__name__ == '_StackDirectionsBackward'
-    plain = _stack_directions(*mixer.branch_params())
-    upstream = [torch.randn_like(s) for s in stacks]
-    for fast, ref in zip(stacks, plain):
-        assert fast.dtype == ref.dtype and fast.shape == ref.shape
-        torch.testing.assert_close(fast, ref, rtol=0, atol=0)
-    fast_grads = torch.autograd.grad(stacks, params, upstream)
-    ref_grads = torch.autograd.grad(plain, params, upstream)
-    for p, fast, ref in zip(params, fast_grads, ref_grads):
-        assert fast.dtype == p.dtype and fast.shape == p.shape
-        torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+    torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+    mixed = dict(released)
+    mixed['layers.1.mixer.conv_weight'] = mixed.pop('layers.1.mixer.conv1d.weight')
+    with pytest.raises(RuntimeError, match='conv1d'):
+        small().load_state_dict(mixed)
 
 
 def test_drop_path_schedule_follows_released_vim():
@@ -161,7 +135,11 @@ def test_optimizer_groups():
     names = {n for n, _ in model.named_parameters()}
     import fnmatch
     no_wd = [n for n in names if any(fnmatch.fnmatch(n, p) for p in model.no_weight_decay())]
-    assert {'pos_embed', 'cls_token', 'layers.0.mixer.A_log', 'layers.2.mixer.A_b_log'} <= set(no_wd)
+    # the released model decays neither A nor D nor the biases; ours hold both directions, so they are 2-D
+    exempt = {'pos_embed', 'cls_token'} | {f'layers.{i}.mixer.{p}' for i in range(3)
+                                           for p in ('A_log', 'D', 'conv_bias', 'dt_bias')}
+    assert exempt <= set(no_wd)
+    assert not [n for n in no_wd if n.endswith(('conv_weight', 'x_proj_weight', 'dt_proj_weight'))]
     groups = timm.models.group_parameters(model, model.group_matcher())
     assert len(groups) == 3 + 2   # stem, 3 blocks, final norm + head
     from timm.optim import create_optimizer_v2

@@ -1,11 +1,11 @@
 """Vision Mamba layers, in data-path order: patch embedding, RMSNorm (with the residual add), the
 bidirectional Mamba mixer, and the block that joins them.
 
-Parameter names follow hustvl/Vim's ``models_mamba.py`` so released checkpoints load unchanged.
+Parameter names follow hustvl/Vim's ``models_mamba.py``, except that the mixer keeps each direction-specific
+parameter of both directions in one tensor (:class:`BiMambaMixer`); released checkpoints load unchanged.
 The tensor work runs through the ops of :mod:`vim.kernels` (Triton on CUDA, plain PyTorch elsewhere).
 """
 import math
-import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -14,47 +14,6 @@ import torch.nn.functional as F
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 
 from .kernels import add_rms_norm, mixer_core
-
-# Each mixer's stacked direction parameters while autograd is off (BiMambaMixer.direction_params). A weak map
-# rather than a module attribute: it never enters a state_dict, a pickle or a copy of the model.
-_STACKED = weakref.WeakKeyDictionary()
-
-
-def _eager(param) -> bool:
-    """Not under torch.compile / export, TorchScript or FX tracing (which hands the module proxies for its
-    parameters): the case where BiMambaMixer.direction_params may keep its stacks or build them in one node."""
-    compiling = getattr(torch.compiler, 'is_compiling', lambda: False)()   # torch >= 2.3
-    return isinstance(param, torch.Tensor) and not compiling and not torch.jit.is_tracing()
-
-
-def _stack_directions(conv_w, conv_w_b, conv_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, A_log, A_b_log, D,
-                      D_b, dt_bias, dt_bias_b) -> Tuple[torch.Tensor, ...]:
-    """The forward and backward branches' parameters stacked along a new leading axis of 2 (see
-    BiMambaMixer.direction_params)."""
-    return (torch.stack((conv_w[:, 0], conv_w_b[:, 0])), torch.stack((conv_b, conv_b_b)),
-            torch.stack((x_proj, x_proj_b)).transpose(1, 2), torch.stack((dt_proj, dt_proj_b)).transpose(1, 2),
-            -torch.exp(torch.stack((A_log, A_b_log)).float()), torch.stack((D, D_b)), torch.stack((dt_bias, dt_bias_b)))
-
-
-class _StackDirections(torch.autograd.Function):
-    """:func:`_stack_directions` as one autograd node: the dozen stack, select, transpose and exp nodes it would
-    otherwise add per block cost eager training more host time than their microseconds of GPU work."""
-
-    @staticmethod
-    def forward(ctx, *params):
-        stacked = _stack_directions(*params)
-        ctx.save_for_backward(stacked[4])
-        ctx.A_log_dtype = params[8].dtype                  # A alone is cast (to fp32); the rest keep their dtypes
-        return stacked
-
-    @staticmethod
-    def backward(ctx, d_conv_w, d_conv_b, d_x_proj, d_dt_proj, d_A, d_D, d_dt_bias):
-        A, = ctx.saved_tensors
-        d_A_log = (d_A * A).to(ctx.A_log_dtype)            # A = -exp(A_log)
-        grads = (d_conv_w.unsqueeze(2), d_conv_b, d_x_proj.transpose(1, 2), d_dt_proj.transpose(1, 2), d_A_log, d_D,
-                 d_dt_bias)
-        return tuple(g[i] for g in grads for i in range(2))   # in the order of the parameters
-
 
 def grid_size(img_size: Tuple[int, int], patch_size: Tuple[int, int], stride: Tuple[int, int]) -> Tuple[int, int]:
     """Token grid of a conv with kernel ``patch_size`` and ``stride`` and no padding."""
@@ -170,15 +129,44 @@ class ResidualSum(nn.Module):
         return summed.to(x.dtype), summed
 
 
+# Released (hustvl/Vim) names of each stacked mixer parameter, forward then backward branch, and the released
+# tensors stacked into ours: conv weights (E, 1, W) -> (2, E, W); projection weights (out, in) -> (2, in, out).
+RELEASED_NAMES = {
+    'conv_weight': ('conv1d.weight', 'conv1d_b.weight'),
+    'conv_bias': ('conv1d.bias', 'conv1d_b.bias'),
+    'x_proj_weight': ('x_proj.weight', 'x_proj_b.weight'),
+    'dt_proj_weight': ('dt_proj.weight', 'dt_proj_b.weight'),
+    'A_log': ('A_log', 'A_b_log'),
+    'D': ('D', 'D_b'),
+    'dt_bias': ('dt_proj.bias', 'dt_proj_b.bias'),
+}
+
+
+def _from_released(name: str, forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    stacked = torch.stack((forward, backward))
+    if name == 'conv_weight':
+        return stacked[:, :, 0]
+    if name in ('x_proj_weight', 'dt_proj_weight'):
+        return stacked.transpose(1, 2).contiguous()
+    return stacked
+
+
 class BiMambaMixer(nn.Module):
     """Bidirectional Mamba ("bimamba v2" of the released Vim).
 
     in_proj splits into x and the gate z. The forward branch runs x through a causal depthwise conv,
     SiLU, x_proj (-> dt_low, B, C), dt_proj and the selective scan; the backward branch does the same on
-    the reversed sequence with its own ``*_b`` weights. Both are gated by silu(z) at the same positions,
+    the reversed sequence with its own weights. Both are gated by silu(z) at the same positions,
     averaged ("divide out") and projected back by out_proj. Reversal is a kernel flag: no flipped copies.
     ``recompute``: on the Triton path, the scan recomputes the conv output and dt instead of autograd keeping
     them for the backward (less training memory, a slower mixer; see :func:`vim.kernels.mixer_core`).
+
+    Each direction-specific parameter holds both directions (index 0 forward, 1 backward), laid out as the
+    bidirectional ops take them: ``conv_weight`` (2, E, W), ``conv_bias`` (2, E), ``x_proj_weight``
+    (2, E, R + 2N) and ``dt_proj_weight`` (2, R, E) for bmm, ``A_log`` (2, E, N), ``D`` and ``dt_bias`` (2, E).
+    Stacking them on every call instead cost eager training a dozen small launches and autograd nodes per
+    block. A state dict in the released layout (``conv1d.weight``, ``conv1d_b.weight``, ..., see
+    ``RELEASED_NAMES``) loads as well: it is stacked on the way in.
     """
 
     def __init__(
@@ -198,69 +186,51 @@ class BiMambaMixer(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.recompute = recompute
-        self.d_inner = expand * dim
+        self.d_inner = E = expand * dim
         self.d_state = d_state
-        self.dt_rank = dt_rank or math.ceil(dim / 16)
+        self.dt_rank = R = dt_rank or math.ceil(dim / 16)
         self.dt_limits = (dt_min, dt_max, dt_init_floor)
-        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False, **dd)
-        for suffix in ('', '_b'):  # forward, backward branch
-            self.add_module('conv1d' + suffix, nn.Conv1d(
-                self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, **dd))
-            self.add_module('x_proj' + suffix, nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **dd))
-            self.add_module('dt_proj' + suffix, nn.Linear(self.dt_rank, self.d_inner, **dd))
-            self.register_parameter('A' + suffix + '_log', nn.Parameter(torch.empty(self.d_inner, d_state, **dd)))
-            self.register_parameter('D' + suffix, nn.Parameter(torch.empty(self.d_inner, **dd)))
-        self.out_proj = nn.Linear(self.d_inner, dim, bias=False, **dd)
+        self.in_proj = nn.Linear(dim, 2 * E, bias=False, **dd)
+        for name, shape in (('conv_weight', (E, d_conv)), ('conv_bias', (E,)), ('x_proj_weight', (E, R + 2 * d_state)),
+                            ('dt_proj_weight', (R, E)), ('A_log', (E, d_state)), ('D', (E,)), ('dt_bias', (E,))):
+            self.register_parameter(name, nn.Parameter(torch.empty(2, *shape, **dd)))
+        self.out_proj = nn.Linear(E, dim, bias=False, **dd)
 
     @torch.no_grad()
     def init_weights(self, depth: int) -> None:
-        """Mamba's initialisation: S4D-real A, unit D, dt_proj bias = softplus^-1 of a log-uniform dt in
-        [dt_min, dt_max], and out_proj scaled by 1/sqrt(depth) for the pre-norm residual stream."""
+        """Mamba's initialisation: the conv as torch's default for a depthwise Conv1d, S4D-real A, unit D,
+        dt_proj bias = softplus^-1 of a log-uniform dt in [dt_min, dt_max], and out_proj scaled by 1/sqrt(depth)
+        for the pre-norm residual stream."""
         dt_min, dt_max, dt_floor = self.dt_limits
-        for suffix in ('', '_b'):
-            dt_proj = getattr(self, 'dt_proj' + suffix)
-            nn.init.uniform_(dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
-            u = torch.rand(self.d_inner, device=dt_proj.bias.device, dtype=torch.float32)
-            dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dt.device)
-            getattr(self, 'A' + suffix + '_log').copy_(torch.log(A).expand(self.d_inner, -1))
-            getattr(self, 'D' + suffix).fill_(1.0)
-            trunc_normal_(getattr(self, 'x_proj' + suffix).weight, std=0.02)
+        bound = self.conv_weight.shape[-1] ** -0.5                 # nn.Conv1d's: 1 / sqrt(fan_in), fan_in = W
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        nn.init.uniform_(self.conv_bias, -bound, bound)
+        trunc_normal_(self.x_proj_weight, std=0.02)
+        nn.init.uniform_(self.dt_proj_weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        u = torch.rand(self.dt_bias.shape, device=self.dt_bias.device, dtype=torch.float32)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dt.device)
+        self.A_log.copy_(torch.log(A).expand_as(self.A_log))
+        self.D.fill_(1.0)
         trunc_normal_(self.in_proj.weight, std=0.02)
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight.div_(math.sqrt(depth))
 
-    def branch_params(self) -> Tuple[torch.Tensor, ...]:
-        """Each direction-specific parameter, forward branch then backward branch of each kind, in the order
-        :func:`_stack_directions` takes them."""
-        return (self.conv1d.weight, self.conv1d_b.weight, self.conv1d.bias, self.conv1d_b.bias, self.x_proj.weight,
-                self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.A_log, self.A_b_log, self.D,
-                self.D_b, self.dt_proj.bias, self.dt_proj_b.bias)
-
-    def direction_params(self) -> Tuple[torch.Tensor, ...]:
-        """Both directions' parameters stacked as the bidirectional ops take them: conv weight (2, E, W) and bias,
-        x_proj and dt_proj weights transposed for bmm, A = -exp(A_log) in fp32, D, dt_proj bias.
-
-        With autograd off (eager inference) the stacks are kept until a parameter gets new storage or an in-place
-        update (its data pointer or version changes): rebuilding them costs 10 small ops per block and call,
-        a good part of the host's time per batch where eager inference is host-bound (small batches). In eager
-        training they are built by one autograd node (:class:`_StackDirections`) instead of a dozen."""
-        params = self.branch_params()
-        if not _eager(self.A_log):
-            return _stack_directions(*params)
-        if torch.is_grad_enabled():
-            return _StackDirections.apply(*params)
-        key = tuple((p.data_ptr(), p._version) for p in params) + (torch.is_inference_mode_enabled(),)
-        cached = _STACKED.get(self)
-        if cached is None or cached[0] != key:
-            cached = _STACKED[self] = key, _stack_directions(*params)
-        return cached[1]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        released = [prefix + key for pair in RELEASED_NAMES.values() for key in pair]
+        if all(key in state_dict for key in released):           # the released layout: one tensor per direction
+            for name, pair in RELEASED_NAMES.items():
+                forward, backward = (state_dict.pop(prefix + key) for key in pair)
+                state_dict[prefix + name] = _from_released(name, forward, backward)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                       # (batch, L, E) each
         # conv1d + SiLU -> x_proj -> dt_proj -> scan, gated and averaged (vim.kernels.triton_mixer on the GPU)
-        return self.out_proj(mixer_core(x, z, *self.direction_params(), recompute=self.recompute))
+        return self.out_proj(mixer_core(x, z, self.conv_weight, self.conv_bias, self.x_proj_weight,
+                                        self.dt_proj_weight, -torch.exp(self.A_log.float()), self.D, self.dt_bias,
+                                        recompute=self.recompute))
 
 
 class Block(nn.Module):

@@ -3,7 +3,8 @@ Bidirectional State Space Model", ICML 2024 (arXiv 2401.09417).
 
 Data path: patch embed -> + pos_embed -> class token inserted in the middle of the sequence ->
 depth x Block (add -> RMSNorm -> bidirectional Mamba) -> add -> final RMSNorm -> pool (class token or
-mean over patches) -> head. Parameter names follow hustvl/Vim, so released checkpoints load unchanged.
+mean over patches) -> head. Parameter names follow hustvl/Vim (the mixer's two directions stacked), and released
+checkpoints load unchanged.
 """
 import math
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
@@ -157,8 +158,10 @@ class VisionMamba(nn.Module):
     # ----- timm model API -----
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
-        # A_log / A_b_log are 2-D but are log-rates, not weights (Mamba decays neither); D is 1-D
-        return {'pos_embed', 'cls_token', 'layers.*.mixer.A_log', 'layers.*.mixer.A_b_log'}
+        # Mamba decays neither the log-rates A_log nor the skip D; the mixer's biases and D hold both directions,
+        # so they are 2-D and need naming (timm exempts 1-D parameters and '.bias' names by itself)
+        return {'pos_embed', 'cls_token', 'layers.*.mixer.A_log', 'layers.*.mixer.D', 'layers.*.mixer.conv_bias',
+                'layers.*.mixer.dt_bias'}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
@@ -307,8 +310,10 @@ class VisionMamba(nn.Module):
 
 
 # ----- released checkpoints -----
-# A state dict is Vim's if it holds these (layer 0 of a bimamba-v2 model).
-_SIGNATURE_KEYS = ('patch_embed.proj.weight', 'pos_embed', 'norm_f.weight', 'layers.0.mixer.A_b_log')
+# A state dict is Vim's if it holds these, and its layer 0 is a bimamba-v2 mixer in the released layout (a
+# backward branch's A_b_log) or in ours (both directions in each tensor).
+_SIGNATURE_KEYS = ('patch_embed.proj.weight', 'pos_embed', 'norm_f.weight')
+_MIXER_KEYS = ('layers.0.mixer.A_b_log', 'layers.0.mixer.conv_weight')
 
 
 def unwrap_state_dict(checkpoint: Dict[str, Any], use_ema: bool = True) -> Dict[str, torch.Tensor]:
@@ -338,6 +343,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model) -> Dict[str, torch.T
     Channel and class-count changes are left to timm's loader (first_conv / classifier in the cfg)."""
     state_dict = unwrap_state_dict(state_dict)
     missing = [k for k in _SIGNATURE_KEYS if k not in state_dict]
+    if not any(k in state_dict for k in _MIXER_KEYS):
+        missing.append(' or '.join(_MIXER_KEYS))
     if missing:
         raise KeyError(
             f'Not a Vision Mamba (bimamba v2) checkpoint: missing {missing}. '

@@ -17,7 +17,9 @@ from ..checkpoint import CheckpointError, read_checkpoint
 __all__ = ['CheckpointError', 'FORMAT', 'save_atomic', 'load_checkpoint', 'check_compatible',
            'load_model_state', 'capture_rng', 'restore_rng']
 
-FORMAT = 'vim-train/1'
+# Training checkpoints. 2: the Vim mixers hold both directions in each parameter, so the optimizer state of a
+# format-1 run (one parameter per direction) does not map onto a new run's; its weights still load.
+FORMAT = 'vim-train/2'
 
 
 def save_atomic(obj: Dict[str, Any], path: str) -> None:

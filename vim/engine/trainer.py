@@ -205,7 +205,9 @@ class _Run:
     def _restore(self, ckpt: Dict) -> None:
         if ckpt.get('format') != FORMAT:
             raise CheckpointError(f"cannot resume from a checkpoint of format {ckpt.get('format')!r}: expected "
-                                  f"{FORMAT!r} (a released checkpoint is loaded with model.pretrained_file)")
+                                  f"{FORMAT!r}; start a run from its weights with model.pretrained_file instead (a "
+                                  f"released checkpoint, or one from an older vim, whose optimizer state does not "
+                                  f"fit this one's parameters)")
         load_model_state(self.model, ckpt['model'], 'resume checkpoint')
         self.optimizer.load_state_dict(ckpt['optimizer'])
         self.scheduler.load_state_dict(ckpt['scheduler'])

@@ -30,14 +30,17 @@ from report import emit, finish
 CALLS = 300
 
 
-def per_call_us(fn, calls=CALLS):
-    for _ in range(20):                                     # compile and warm every cache first
+def per_call_us(fn, calls=CALLS, warmup=20):
+    """Wall us per call of ``fn`` after ``warmup`` calls (which compile and warm every cache); on a GPU the
+    queued work is waited for at both ends."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / calls * 1e6
 
 
@@ -69,15 +72,6 @@ class _NoLaunch:
         return launch
 
 
-def _host_ms(run, warmup, calls):
-    for _ in range(warmup):
-        run()
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    return (time.perf_counter() - start) / calls * 1e3
-
-
 def wrapper_only():
     """Host time with every Triton launch a no-op, on CPU tensors: the scan wrapper alone (forward with and without
     autograd, forward + backward), and one eager training step of Vim-Tiny at 32 px (4 patches, batch 2; the
@@ -105,7 +99,7 @@ def wrapper_only():
                              ('forward, no grad', False, lambda: triton_scan.selective_scan(*leaves)),
                              ('forward + backward', True, fwd_bwd(triton_scan.selective_scan, inputs))):
         with torch.set_grad_enabled(grad):
-            print(f'selective_scan wrapper, launches stubbed, {label}: {_host_ms(run, 100, 2000) * 1e3:.1f} us / call')
+            print(f'selective_scan wrapper, launches stubbed, {label}: {per_call_us(run, 2000, warmup=100):.1f} us / call')
 
     os.environ['TRITON_INTERPRET'] = '1'                     # lets the 'triton' backend take CPU tensors
     model = timm.create_model('vim_tiny_patch16_224', img_size=32, num_classes=10).train()
@@ -131,7 +125,7 @@ def wrapper_only():
     n_launches = sum(launches.values())
     views = sum(n for op, n in aten.calls.items() if op.split('.')[1] in VIEW_OPS)
     print(f'vim_tiny training step (forward + backward, 32 px, batch 2), launches stubbed: '
-          f'{_host_ms(step, 5, 30):.1f} ms host; {n_launches} Triton launches, '
+          f'{per_call_us(step, 30, warmup=5) / 1e3:.1f} ms host; {n_launches} Triton launches, '
           f'{sum(aten.calls.values())} aten calls ({views} of them views)')
     print('  most frequent aten calls: ' + ', '.join(f'{op} {n}' for op, n in aten.calls.most_common(12)))
 

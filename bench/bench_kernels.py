@@ -151,17 +151,18 @@ def mixer_core(batch, L, E, official):
     conv_w, conv_b = torch.randn(2, E, 4, **dev) * 0.3, torch.randn(2, E, **dev) * 0.1
     w_x = (torch.randn(2, R + 2 * N, E, **dev) / E ** 0.5).to(torch.bfloat16)
     w_dt = (torch.randn(2, E, R, **dev) / R ** 0.5).to(torch.bfloat16)
-    A = -torch.exp(torch.randn(2, E, N, **dev) * 0.5)
+    A_log = torch.randn(2, E, N, **dev) * 0.5
     D, dt_bias = torch.randn(2, E, **dev), torch.randn(2, E, **dev) * 0.5
-    params = [xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias]
+    params = [xz, conv_w, conv_b, w_x, w_dt, A_log, D, dt_bias]
 
-    def ours(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias, recompute=False):     # as the model calls it
+    def ours(xz, conv_w, conv_b, w_x, w_dt, A_log, D, dt_bias, recompute=False):     # as the model calls it
         return triton_ops.mixer_core(xz[..., :E], xz[..., E:], conv_w, conv_b, w_x.transpose(1, 2),
-                                     w_dt.transpose(1, 2), A, D, dt_bias, recompute=recompute)
+                                     w_dt.transpose(1, 2), A_log, D, dt_bias, recompute=recompute)
 
-    def composed(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias):
+    def composed(xz, conv_w, conv_b, w_x, w_dt, A_log, D, dt_bias):
         from causal_conv1d import causal_conv1d_fn
         xzt = xz.transpose(1, 2)                                                # (b, 2E, L) as the released code
+        A = -torch.exp(A_log.float())                                          # as the released mixer's forward
         outs = []
         for d in range(2):
             seq = xzt if d == 0 else xzt.flip(-1)

@@ -30,13 +30,13 @@ SHAPES = [('Vim-Tiny 224px', 128, 197, 384), ('Vim-Tiny 1248px', 8, 6085, 384)]
 
 
 def paths(batch, L, E):
-    """({path: fn}, inputs); each fn(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias) -> (batch, L, E)."""
+    """({path: fn}, inputs); each fn(xz, conv_w, conv_b, w_x, w_dt, A_log, D, dt_bias) -> (batch, L, E)."""
     op, params = mixer_core(batch, L, E, official=False)
 
-    def autograd(xz, conv_w, conv_b, w_x, w_dt, A, D, dt_bias):
+    def autograd(xz, conv_w, conv_b, w_x, w_dt, A_log, D, dt_bias):
         return reference.composed_mixer_core(
             triton_ops.bidirectional_conv1d, triton_ops.bidirectional_scan, xz[..., :E], xz[..., E:], conv_w, conv_b,
-            w_x.transpose(1, 2), w_dt.transpose(1, 2), A, D, dt_bias)
+            w_x.transpose(1, 2), w_dt.transpose(1, 2), A_log, D, dt_bias)
     return {'op': op, 'recompute': functools.partial(op, recompute=True), 'autograd': autograd}, params
 
 

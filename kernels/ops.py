@@ -41,11 +41,11 @@ def bidirectional_conv1d(
 
 def mixer_core(
         x: torch.Tensor, z: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
-        x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
+        x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
         dt_bias: torch.Tensor, recompute: bool = False, backend: Optional[str] = None,
 ) -> torch.Tensor:
-    return implementation(x, backend).mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D,
-                                                 dt_bias, recompute)
+    return implementation(x, backend).mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log,
+                                                 D, dt_bias, recompute)
 
 
 def add_rms_norm(

@@ -160,7 +160,7 @@ def mixer_core(
         conv_bias: torch.Tensor,
         x_proj_weight: torch.Tensor,
         dt_proj_weight: torch.Tensor,
-        A: torch.Tensor,
+        A_log: torch.Tensor,
         D: torch.Tensor,
         dt_bias: torch.Tensor,
         recompute: bool = False,
@@ -169,23 +169,26 @@ def mixer_core(
     x_proj (-> dt_low, B, C), dt_proj and scan, gated by silu(z) and averaged.
 
     Shapes: x, z (batch, L, E); conv_weight (2, E, W); conv_bias (2, E); x_proj_weight (2, E, R + 2N) and
-    dt_proj_weight (2, R, E), laid out for bmm; A (2, E, N); D, dt_bias (2, E). Returns (batch, L, E).
+    dt_proj_weight (2, R, E), laid out for bmm; A_log (2, E, N), the scan's A being -exp(A_log) as in Mamba;
+    D, dt_bias (2, E). Returns (batch, L, E).
     ``recompute`` trades speed for memory on the Triton path (:mod:`.triton_mixer`); here autograd keeps what it
     keeps either way.
     """
     return composed_mixer_core(bidirectional_conv1d, bidirectional_scan, x, z, conv_weight, conv_bias,
-                               x_proj_weight, dt_proj_weight, A, D, dt_bias)
+                               x_proj_weight, dt_proj_weight, A_log, D, dt_bias)
 
 
-def composed_mixer_core(conv1d, scan, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias):
+def composed_mixer_core(conv1d, scan, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D,
+                        dt_bias):
     """:func:`mixer_core` from a bidirectional conv1d and scan: this module's, or the Triton kernels' (each op
     its own launch, the projections as bmm between them)."""
     batch, length, E = x.shape
-    R, N = dt_proj_weight.shape[1], A.shape[-1]
+    R, N = dt_proj_weight.shape[1], A_log.shape[-1]
     u = conv1d(x, conv_weight, conv_bias)                                 # (2, batch, L, E)
     x_dbl = torch.bmm(u.reshape(2, batch * length, E), x_proj_weight)
     dt, B, C = x_dbl.split([R, N, N], dim=-1)
     dt = torch.bmm(dt, dt_proj_weight)
+    A = -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))    # fp32 at least, as the kernels
     return scan(u, dt.view(2, batch, length, E), A, B.view(2, batch, length, N), C.view(2, batch, length, N), D, z,
                 dt_bias)
 

@@ -54,7 +54,7 @@ def _fused(conv_weight, conv_bias, dt_proj_weight):
 
 
 def _mixer_core_forward(x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Tensor, x_proj_weight: Tensor,
-                        dt_proj_weight: Tensor, A: Tensor, D: Tensor, dt_bias: Tensor, save: bool,
+                        dt_proj_weight: Tensor, A_log: Tensor, D: Tensor, dt_bias: Tensor, save: bool,
                         recompute: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (the gated, averaged output (batch, L, E), the scan's checkpoints, its y before the gate, x_proj's
     output x_dbl, the conv output u, the full-width dt); with ``save`` (autograd will call the backward) the
@@ -62,7 +62,7 @@ def _mixer_core_forward(x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Te
     :func:`_mixer_core_backward` takes all of them with the inputs."""
     x = unit_last_stride(x)
     batch, L, E = x.shape
-    R, N = dt_proj_weight.shape[1], A.shape[-1]
+    R, N = dt_proj_weight.shape[1], A_log.shape[-1]
     rows = 2, batch * L
     x_dbl = _x_dbl(x, x_proj_weight)
     u = _conv_forward(x, conv_weight, conv_bias, True, False)              # (2, batch, L, E)
@@ -70,30 +70,31 @@ def _mixer_core_forward(x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Te
     dt_low, B, C = _split(x_dbl, R, N)
     if recompute:
         del u                                                              # transient: the scan recomputes it
-        out, ckpt, y = _launch_scan(x, dt_low, A, B, C, D, z, dt_bias, True, False, save,
-                                    _fused(conv_weight, conv_bias, dt_proj_weight))
+        out, ckpt, y = _launch_scan(x, dt_low, A_log, B, C, D, z, dt_bias, True, False, save,
+                                    _fused(conv_weight, conv_bias, dt_proj_weight), a_log=True)
         return (out, ckpt, y, x_dbl, *_kept(x, False))
     dt = torch.bmm(dt_low.reshape(*rows, R), dt_proj_weight.to(x_dbl.dtype)).view(2, batch, L, E)
-    out, ckpt, y = _launch_scan(u, dt, A, B, C, D, z, dt_bias, True, False, save)
+    out, ckpt, y = _launch_scan(u, dt, A_log, B, C, D, z, dt_bias, True, False, save, a_log=True)
     return (out, ckpt, y, x_dbl, *((u, dt) if save else _kept(x, False)))
 
 
 def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor, conv_bias: Tensor,
-                         x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor, D: Tensor, dt_bias: Tensor,
+                         x_proj_weight: Tensor, dt_proj_weight: Tensor, A_log: Tensor, D: Tensor, dt_bias: Tensor,
                          ckpt: Tensor, y: Tensor, x_dbl: Tensor, u: Tensor, dt: Tensor
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of every tensor input of :func:`_mixer_core_forward`, in its order (x, z, conv weight and bias,
-    x_proj and dt_proj weights, A, D, dt_bias), each in its input's dtype, from the gradient of the output and
+    x_proj and dt_proj weights, A_log, D, dt_bias), each in its input's dtype, from the gradient of the output and
     what the forward returned besides it (u and dt empty: the forward ran with ``recompute``)."""
     x = unit_last_stride(x)
     batch, L, E = x.shape
-    R, N = dt_proj_weight.shape[1], A.shape[-1]
+    R, N = dt_proj_weight.shape[1], A_log.shape[-1]
     rows = 2, batch * L
     dt_low, B, C = _split(x_dbl, R, N)
     kept = u.numel() > 0
     fused = None if kept else _fused(conv_weight, conv_bias, dt_proj_weight)
-    du, ddt, dA, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
-        dout, u if kept else x, dt if kept else dt_low, A, B, C, D, z, dt_bias, ckpt, y, True, False, fused)
+    du, ddt, dA_log, dB, dC, dD, dz, ddt_bias = _launch_scan_backward(
+        dout, u if kept else x, dt if kept else dt_low, A_log, B, C, D, z, dt_bias, ckpt, y, True, False, fused,
+        a_log=True)
     if not kept:
         u = _conv_forward(x, conv_weight, conv_bias, True, False)           # recomputed for x_proj's weight grad
     ddt = ddt.view(*rows, E)
@@ -105,7 +106,7 @@ def _mixer_core_backward(dout: Tensor, x: Tensor, z: Tensor, conv_weight: Tensor
     del u, ddt
     du = du.view(*rows, E).baddbmm_(dx_dbl, x_proj_weight.to(dx_dbl.dtype).transpose(1, 2)).view(2, batch, L, E)
     dx, dconv_w, dconv_b = _conv_backward(du, x, conv_weight, conv_bias, True, False)
-    return (dx, dz, dconv_w, dconv_b, dw_x.to(x_proj_weight.dtype), dw_dt.to(dt_proj_weight.dtype), dA, dD,
+    return (dx, dz, dconv_w, dconv_b, dw_x.to(x_proj_weight.dtype), dw_dt.to(dt_proj_weight.dtype), dA_log, dD,
             ddt_bias)
 
 
@@ -115,15 +116,16 @@ mixer_core_op = torch.library.custom_op('vim::mixer_core', _mixer_core_forward, 
 # The fake implementations allocate through the same helpers as the real ones (_x_dbl, _kept, _scan_outputs,
 # grads_like), so shapes, dtypes and strides agree.
 @mixer_core_op.register_fake
-def _mixer_core_fake(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, save, recompute):
+def _mixer_core_fake(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, save,
+                     recompute):
     x_dbl = _x_dbl(x, x_proj_weight)
-    return (*_scan_outputs(x, x_dbl, A, z, save), x_dbl, *_kept(x, save and not recompute))
+    return (*_scan_outputs(x, x_dbl, A_log, z, save), x_dbl, *_kept(x, save and not recompute))
 
 
 mixer_core_backward_op = torch.library.custom_op('vim::mixer_core_backward', _mixer_core_backward, mutates_args=())
 mixer_core_backward_op.register_fake(
-    lambda dout, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, ckpt, y, x_dbl, u, dt:
-    grads_like(x, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias))
+    lambda dout, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, ckpt, y, x_dbl, u,
+    dt: grads_like(x, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias))
 
 
 def _setup_mixer_core(ctx, inputs, output):
@@ -147,7 +149,7 @@ def _mixer_core_vjp(ctx, dout, *_kept_grads):
 run_mixer_core = autograd_op(mixer_core_op, _mixer_core_forward, _setup_mixer_core, _mixer_core_vjp)
 
 
-def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, recompute=False):
+def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, recompute=False):
     """``recompute=False``: the conv output and dt kept for the backward (the faster mixer). ``recompute=True``:
     neither kept (about a third of the memory kept for the backward) at a 1.3x slower mixer, since the conv and
     the dt projection move into a scan limited by its arithmetic rather than its memory traffic
@@ -156,13 +158,13 @@ def mixer_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D
     _check_x(op, x)
     batch, L, E = x.shape
     W = conv_weight.shape[-1] if isinstance(conv_weight, torch.Tensor) and conv_weight.dim() == 3 else 4
-    N = A.shape[-1] if isinstance(A, torch.Tensor) and A.dim() == 3 else 1
+    N = A_log.shape[-1] if isinstance(A_log, torch.Tensor) and A_log.dim() == 3 else 1
     R = dt_proj_weight.shape[1] if isinstance(dt_proj_weight, torch.Tensor) and dt_proj_weight.dim() == 3 else 1
     for name, t, shape in (('z', z, (batch, L, E)), ('conv_weight', conv_weight, (2, E, W)),
                            ('conv_bias', conv_bias, (2, E)), ('x_proj_weight', x_proj_weight, (2, E, R + 2 * N)),
-                           ('dt_proj_weight', dt_proj_weight, (2, R, E)), ('A', A, (2, E, N)), ('D', D, (2, E)),
+                           ('dt_proj_weight', dt_proj_weight, (2, R, E)), ('A_log', A_log, (2, E, N)), ('D', D, (2, E)),
                            ('dt_bias', dt_bias, (2, E))):
         check(op, name, t, shape, x.device)
-    inputs = x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias
+    inputs = x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias
     save = needs_grad(*inputs)
     return run_mixer_core(save, *inputs, save, bool(recompute))[0]

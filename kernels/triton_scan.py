@@ -148,9 +148,10 @@ def _scan_outputs(x, dt, A, z, save):
     return out, ckpt, y
 
 
-def _launch_scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save, fused=None):
+def _launch_scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save, fused=None, a_log=False):
     """The launches of :func:`_scan_forward`; ``fused`` (see :func:`_fused_args`) has the kernels compute x and
-    dt from the mixer's raw conv input and dt_low (:mod:`.triton_mixer`)."""
+    dt from the mixer's raw conv input and dt_low, and ``a_log`` says that A holds the mixer's A_log, of which
+    the kernels take A = -exp(A_log) (:mod:`.triton_mixer`)."""
     x, dt, B, C, z = (unit_last_stride(t) for t in (x, dt, B, C, z))
     A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
     ndir, batch, L = dt.shape[:3]
@@ -170,14 +171,15 @@ def _launch_scan(x, dt, A, B, C, D, z, dt_bias, softplus, reverse, save, fused=N
             NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, MODE=mode, REVERSE=reverse, HAS_D=D is not None,
             HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, SAVE=save,
             WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e, BLOCK_N=next_power_of_2(N), CKPT_TILES=cfg['CKPT_TILES'],
-            STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg),
+            STAGES=_stages(cfg, n_seg), num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg), A_LOG=a_log,
             **_fused_args(fused, x.device))
     return out, ckpt, y
 
 
-def _launch_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias, ckpt, y, softplus, reverse, fused=None):
-    """The launches of :func:`_scan_backward`, ``fused`` as the forward had it. dx and ddt are (ndir, batch, L,
-    E) either way: on the fused path the gradients of the conv's output and of the full-width dt."""
+def _launch_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias, ckpt, y, softplus, reverse, fused=None, a_log=False):
+    """The launches of :func:`_scan_backward`, ``fused`` and ``a_log`` as the forward had them. dx and ddt are
+    (ndir, batch, L, E) either way: on the fused path the gradients of the conv's output and of the full-width
+    dt; with ``a_log`` dA is A_log's gradient."""
     x, dt, B, C, z, dout = (unit_last_stride(t) for t in (x, dt, B, C, z, dout))
     A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
     ndir, batch, L = dt.shape[:3]
@@ -204,7 +206,7 @@ def _launch_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias, ckpt, y, softplus
                 *dout.stride()[:2], NDIR=ndir, REVERSE=reverse, HAS_Z=z is not None,
                 HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, WIDEN_BC=cfg['WIDEN_BC'], BLOCK_E=block_e_fwd,
                 BLOCK_N=BLOCK_N, STAGES=stages, num_warps=cfg['num_warps'], maxnreg=_register_cap(cfg),
-                **_fused_args(fused, x.device, conv=False))
+                A_LOG=a_log, **_fused_args(fused, x.device, conv=False))
         else:
             _scan_bwd_kernel[grid](
                 x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
@@ -214,7 +216,7 @@ def _launch_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias, ckpt, y, softplus
                 NDIR=ndir, D_FIRST=d_first, D_LAST=d_last, SEGMENTED=mode == 2, REVERSE=reverse,
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
                 BLOCK_E=block_e, BLOCK_N=BLOCK_N, CKPT_TILES=cfg['CKPT_TILES'], STAGES=stages,
-                num_warps=cfg['num_warps'], **_fused_args(fused, x.device))
+                num_warps=cfg['num_warps'], A_LOG=a_log, **_fused_args(fused, x.device))
     return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), x.new_empty(0) if D is None else dD.to(D.dtype),
             dz, x.new_empty(0) if dt_bias is None else dbias.to(dt_bias.dtype))
 

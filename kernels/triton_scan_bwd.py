@@ -95,7 +95,7 @@ def _dh_summary_kernel(
         batch, L, E, N, seg_len, n_seg, sdt_d, sdt_b, sdt_t, sC_d, sC_b, sC_t, sz_b, sz_t, sdo_b, sdo_t, wdt_ptr, R,
         NDIR: tl.constexpr, REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, WIDEN_BC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
-        STAGES: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr,
+        STAGES: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr, A_LOG: tl.constexpr,
 ):
     # The segmented backward's first pass. Grid (cdiv(E, BLOCK_E), batch, segments), segments as the backward's
     # replay (_scan_bwd_kernel with SEGMENTED). Program (i, b, j), for each direction: from dh = 0 after segment
@@ -116,7 +116,8 @@ def _dh_summary_kernel(
         # drops their loads
         A, _D, bias, _x_row, dt_row, _B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, dt_ptr, dt_ptr, A_ptr, C_ptr, C_ptr, A_ptr, bias_ptr,
-            sdt_d, sdt_b, sdt_d, sdt_b, sC_d, sC_b, sC_d, sC_b, False, HAS_BIAS, BLOCK_E, BLOCK_N, True, FUSED_DT)
+            sdt_d, sdt_b, sdt_d, sdt_b, sC_d, sC_b, sC_d, sC_b, False, HAS_BIAS, BLOCK_E, BLOCK_N, True, FUSED_DT,
+            A_LOG)
         x_stub = A_ptr + offs_e[None, :]
         _w, _b, wdt = _fused_params(d, offs_e, mask_e, E, R, A_ptr, A_ptr, wdt_ptr, 1, False, FUSED_DT, BLOCK_R)
         A2 = A * LOG2E
@@ -167,6 +168,7 @@ def _scan_bwd_kernel(
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
         W: tl.constexpr, FUSED_CONV: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr,
+        A_LOG: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments), as the forward; a segment is a whole number of checkpoint
     # chunks. dx, ddt, dz are written (own rows only); dB, dC (summed over channels) and dA, dD, dbias (summed
@@ -190,7 +192,7 @@ def _scan_bwd_kernel(
         flip = (d + REVERSE) % 2
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, False, FUSED_DT)
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, False, FUSED_DT, A_LOG)
         conv_w_row, conv_b, wdt = _fused_params(d, offs_e, mask_e, E, R, conv_w_ptr, conv_b_ptr, wdt_ptr, W,
                                                 FUSED_CONV, FUSED_DT, BLOCK_R)
         A2 = A * LOG2E
@@ -282,6 +284,8 @@ def _scan_bwd_kernel(
                 tl.atomic_add(dC_ptr + dBC_row + t[:, None] * N, _sum_rows(dC0, dC1, dC2, dC3, 1), mask=mask_bc,
                               sem='relaxed')
             tl.debug_barrier()                               # the next chunk overwrites the scratch
+        if A_LOG:                                            # dL/dA_log = dL/dA * A, as A = -exp(A_log)
+            dA_acc *= A
         tl.atomic_add(dA_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], dA_acc, mask=mask_ne,
                       sem='relaxed')
         tl.atomic_add(dD_ptr + d * E + offs_e, tl.sum(dD_acc, 0), mask=mask_e, sem='relaxed')

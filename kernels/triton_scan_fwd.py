@@ -198,14 +198,17 @@ def _states_in_thread(ptrs, mask_e, stride_n, N, BLOCK_N: tl.constexpr):
 def _direction(d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
                bias_ptr, sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b,
                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
-               STATES_IN_THREAD: tl.constexpr, FUSED_DT: tl.constexpr):
+               STATES_IN_THREAD: tl.constexpr, FUSED_DT: tl.constexpr, A_LOG: tl.constexpr):
     """Direction d's parameters, A as (BLOCK_N, BLOCK_E), D and dt_bias (zeros when absent), fp32, and the
     pointers to its rows of x, dt (at this program's channels; dt_low's whole rows with FUSED_DT), B and C. A's
-    layout sets the state's: all N states in one thread (STATES_IN_THREAD) or as loaded."""
+    layout sets the state's: all N states in one thread (STATES_IN_THREAD) or as loaded. A_LOG: A_ptr holds the
+    mixer's parameter A_log and A = -exp(A_log) is taken here, once per program, not as a launch per call."""
     if STATES_IN_THREAD:
         A = _states_in_thread(A_ptr + d * E * N + offs_e * N, mask_e, 1, N, BLOCK_N)
     else:
         A = tl.load(A_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], mask=mask_ne, other=0.).to(tl.float32)
+    if A_LOG:
+        A = -tl.exp(A)
     Dv = tl.zeros((BLOCK_E,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.).to(tl.float32)
@@ -230,6 +233,7 @@ def _scan_fwd_kernel(
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, WIDEN_BC: tl.constexpr,
         BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, CKPT_TILES: tl.constexpr, STAGES: tl.constexpr,
         W: tl.constexpr, FUSED_CONV: tl.constexpr, FUSED_DT: tl.constexpr, BLOCK_R: tl.constexpr,
+        A_LOG: tl.constexpr,
 ):
     # Grid: (cdiv(E, BLOCK_E), batch, segments). Program (i, b, j) owns channels [i*BLOCK_E, (i+1)*BLOCK_E) of
     # batch element b for scan steps [j*seg_len, (j+1)*seg_len) of directions D_FIRST .. D_LAST-1; the state
@@ -252,7 +256,7 @@ def _scan_fwd_kernel(
         flip = (d + REVERSE) % 2                             # 1: this direction scans from t = L-1 down
         A, Dv, bias, x_row, dt_row, B_row, C_row = _direction(
             d, pid_b, offs_e, mask_e, offs_n, mask_ne, E, N, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, True, FUSED_DT)
+            sx_d, sx_b, sdt_d, sdt_b, sB_d, sB_b, sC_d, sC_b, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, True, FUSED_DT, A_LOG)
         conv_w_row, conv_b, wdt = _fused_params(d, offs_e, mask_e, E, R, conv_w_ptr, conv_b_ptr, wdt_ptr, W,
                                                 FUSED_CONV, FUSED_DT, BLOCK_R)
         A2 = A * LOG2E

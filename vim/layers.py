@@ -229,7 +229,7 @@ class BiMambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                       # (batch, L, E) each
         # conv1d + SiLU -> x_proj -> dt_proj -> scan, gated and averaged (vim.kernels.triton_mixer on the GPU)
         return self.out_proj(mixer_core(x, z, self.conv_weight, self.conv_bias, self.x_proj_weight,
-                                        self.dt_proj_weight, -torch.exp(self.A_log.float()), self.D, self.dt_bias,
+                                        self.dt_proj_weight, self.A_log, self.D, self.dt_bias,
                                         recompute=self.recompute))
 
 

@@ -97,7 +97,8 @@ def test_compile_mixer_core_fullgraph_matches_eager(dtype, recompute):
         leaves = [t.detach().requires_grad_() for t in inputs]
         out = fn(*leaves)
         results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
-    names = ['output', 'x', 'z', 'conv_weight', 'conv_bias', 'x_proj_weight', 'dt_proj_weight', 'A', 'D', 'dt_bias']
+    names = ['output', 'x', 'z', 'conv_weight', 'conv_bias', 'x_proj_weight', 'dt_proj_weight', 'A_log', 'D',
+             'dt_bias']
     for ours, ref, name in zip(*results, names):
         assert_close(ours.float(), ref.double(), 1e-5, name)
 

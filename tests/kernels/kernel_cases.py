@@ -334,13 +334,13 @@ MIXER_SHAPE = (2, 11, 12, 4, 3) if INTERPRET else (4, 197, 384, 16, 12)   # batc
 
 def mixer_leaves(batch, L, E, N, R, dtype):
     """Random mixer-core inputs: in_proj's output xz (x and z are its strided halves) and the projections'
-    weights in ``dtype``, the conv, A, D and dt_bias in float32 (as a model under autocast has them)."""
+    weights in ``dtype``, the conv, A_log, D and dt_bias in float32 (as a model under autocast has them)."""
     return [torch.randn(batch, L, 2 * E, dtype=dtype), torch.randn(2, E, 4) * 0.5, torch.randn(2, E) * 0.1,
             (torch.randn(2, E, R + 2 * N) / E ** 0.5).to(dtype), (torch.randn(2, R, E) / R ** 0.5).to(dtype),
-            -torch.exp(torch.randn(2, E, N) * 0.5), torch.randn(2, E), torch.randn(2, E) * 0.5 - 1.]
+            torch.randn(2, E, N) * 0.5, torch.randn(2, E), torch.randn(2, E) * 0.5 - 1.]
 
 
-MIXER_NAMES = ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A', 'D', 'dt_bias']
+MIXER_NAMES = ['xz', 'conv_w', 'conv_b', 'w_x', 'w_dt', 'A_log', 'D', 'dt_bias']
 
 
 def run_mixer_core(module, E, recompute=False):

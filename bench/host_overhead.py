@@ -99,7 +99,8 @@ def wrapper_only():
                              ('forward, no grad', False, lambda: triton_scan.selective_scan(*leaves)),
                              ('forward + backward', True, fwd_bwd(triton_scan.selective_scan, inputs))):
         with torch.set_grad_enabled(grad):
-            print(f'selective_scan wrapper, launches stubbed, {label}: {per_call_us(run, 2000, warmup=100):.1f} us / call')
+            us = per_call_us(run, 2000, warmup=100)
+            print(f'selective_scan wrapper, launches stubbed, {label}: {us:.1f} us / call')
 
     os.environ['TRITON_INTERPRET'] = '1'                     # lets the 'triton' backend take CPU tensors
     model = timm.create_model('vim_tiny_patch16_224', img_size=32, num_classes=10).train()

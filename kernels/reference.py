@@ -188,7 +188,7 @@ def composed_mixer_core(conv1d, scan, x, z, conv_weight, conv_bias, x_proj_weigh
     x_dbl = torch.bmm(u.reshape(2, batch * length, E), x_proj_weight)
     dt, B, C = x_dbl.split([R, N, N], dim=-1)
     dt = torch.bmm(dt, dt_proj_weight)
-    A = -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))    # fp32 at least, as the kernels
+    A = -torch.exp(A_log.to(_compute_dtype(A_log.dtype)))          # fp32 at least, as the kernels
     return scan(u, dt.view(2, batch, length, E), A, B.view(2, batch, length, N), C.view(2, batch, length, N), D, z,
                 dt_bias)
 

@@ -129,26 +129,22 @@ class ResidualSum(nn.Module):
         return summed.to(x.dtype), summed
 
 
-# Released (hustvl/Vim) names of each stacked mixer parameter, forward then backward branch, and the released
-# tensors stacked into ours: conv weights (E, 1, W) -> (2, E, W); projection weights (out, in) -> (2, in, out).
+def _linear_to_bmm(stacked: torch.Tensor) -> torch.Tensor:
+    """(2, out, in) nn.Linear weights -> (2, in, out), contiguous: the kernels want a unit channel stride."""
+    return stacked.transpose(1, 2).contiguous()
+
+
+# Each stacked mixer parameter: its released (hustvl/Vim) names, forward then backward branch, and what turns
+# the two released tensors, stacked, into ours (None: nothing). Conv weights (2, E, 1, W) -> (2, E, W).
 RELEASED_NAMES = {
-    'conv_weight': ('conv1d.weight', 'conv1d_b.weight'),
-    'conv_bias': ('conv1d.bias', 'conv1d_b.bias'),
-    'x_proj_weight': ('x_proj.weight', 'x_proj_b.weight'),
-    'dt_proj_weight': ('dt_proj.weight', 'dt_proj_b.weight'),
-    'A_log': ('A_log', 'A_b_log'),
-    'D': ('D', 'D_b'),
-    'dt_bias': ('dt_proj.bias', 'dt_proj_b.bias'),
+    'conv_weight': ('conv1d.weight', 'conv1d_b.weight', lambda stacked: stacked[:, :, 0]),
+    'conv_bias': ('conv1d.bias', 'conv1d_b.bias', None),
+    'x_proj_weight': ('x_proj.weight', 'x_proj_b.weight', _linear_to_bmm),
+    'dt_proj_weight': ('dt_proj.weight', 'dt_proj_b.weight', _linear_to_bmm),
+    'A_log': ('A_log', 'A_b_log', None),
+    'D': ('D', 'D_b', None),
+    'dt_bias': ('dt_proj.bias', 'dt_proj_b.bias', None),
 }
-
-
-def _from_released(name: str, forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
-    stacked = torch.stack((forward, backward))
-    if name == 'conv_weight':
-        return stacked[:, :, 0]
-    if name in ('x_proj_weight', 'dt_proj_weight'):
-        return stacked.transpose(1, 2).contiguous()
-    return stacked
 
 
 class BiMambaMixer(nn.Module):
@@ -218,11 +214,11 @@ class BiMambaMixer(nn.Module):
         self.out_proj.weight.div_(math.sqrt(depth))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        released = [prefix + key for pair in RELEASED_NAMES.values() for key in pair]
+        released = [prefix + key for forward, backward, _ in RELEASED_NAMES.values() for key in (forward, backward)]
         if all(key in state_dict for key in released):           # the released layout: one tensor per direction
-            for name, pair in RELEASED_NAMES.items():
-                forward, backward = (state_dict.pop(prefix + key) for key in pair)
-                state_dict[prefix + name] = _from_released(name, forward, backward)
+            for name, (forward, backward, to_ours) in RELEASED_NAMES.items():
+                stacked = torch.stack((state_dict.pop(prefix + forward), state_dict.pop(prefix + backward)))
+                state_dict[prefix + name] = stacked if to_ours is None else to_ours(stacked)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
